@@ -1,0 +1,75 @@
+import { readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseDocument } from 'yaml';
+import type { z } from 'zod';
+import { configSchema, type Config } from './schema.js';
+
+export const DEFAULT_CONFIG_PATH = join(dirname(fileURLToPath(import.meta.url)), '../../../config/default.yaml');
+
+/** A config that cannot be used; its message lists every problem, one "key.path: problem" per line. */
+export class ConfigError extends Error {
+  constructor(
+    readonly source: string,
+    readonly problems: string[],
+  ) {
+    super(`invalid configuration in ${source}:\n${problems.map((p) => `  ${p}`).join('\n')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+/** The path given on the command line, else SMARTHOST_CONFIG, else the embedded default. */
+export function configPath(explicit?: string): string {
+  return explicit ?? process.env.SMARTHOST_CONFIG ?? DEFAULT_CONFIG_PATH;
+}
+
+export function loadConfig(path: string): Readonly<Config> {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new ConfigError(path, [`cannot read file: ${(err as Error).message}`]);
+  }
+  return parseConfig(text, path);
+}
+
+export function parseConfig(text: string, source = '<config>'): Readonly<Config> {
+  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
+  if (doc.errors.length > 0) {
+    throw new ConfigError(source, doc.errors.map((e) => `YAML syntax: ${e.message.split('\n')[0]}`));
+  }
+  const result = configSchema.safeParse(doc.toJS() ?? {}, { reportInput: true });
+  if (!result.success) throw new ConfigError(source, result.error.issues.flatMap(formatIssue));
+  return deepFreeze(result.data);
+}
+
+function formatIssue(issue: z.core.$ZodIssue): string[] {
+  const path = formatPath(issue.path);
+  if (issue.code === 'unrecognized_keys') {
+    return issue.keys.map((key) => {
+      const keyPath = formatPath([...issue.path, key]);
+      if (key === 'password' && issue.path[0] === 'users') {
+        return `${keyPath}: plaintext passwords are refused; put the output of "smarthost hash-password" in passwordHash`;
+      }
+      return `${keyPath}: unknown key`;
+    });
+  }
+  const got = 'input' in issue && issue.input !== undefined && typeof issue.input !== 'object' ? `, got ${JSON.stringify(issue.input)}` : '';
+  const missing = issue.code === 'invalid_type' && 'input' in issue && issue.input === undefined ? ' (missing)' : '';
+  return [`${path || '(top level)'}: ${issue.message.replace(/^Invalid input: /, '')}${missing}${got}`];
+}
+
+function formatPath(path: readonly PropertyKey[]): string {
+  return path.reduce<string>((out, key) => {
+    if (typeof key === 'number') return `${out}[${key}]`;
+    return out ? `${out}.${String(key)}` : String(key);
+  }, '');
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value && typeof value === 'object' && !Object.isFrozen(value) && Object.getPrototypeOf(value) === Object.prototype || Array.isArray(value)) {
+    for (const v of Object.values(value as object)) deepFreeze(v);
+    Object.freeze(value);
+  }
+  return value;
+}

@@ -1,0 +1,147 @@
+import { hostname as osHostname } from 'node:os';
+import { z } from 'zod';
+import { isPasswordHash } from '../inbound/passwords.js';
+import { parseCidr } from '../policy/networks.js';
+import { secret } from './secret.js';
+import { byteSize, duration, intBetween, port } from './units.js';
+
+const name = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/, {
+  error: 'expected a name of letters, digits, "_", "." or "-" (at most 64)',
+});
+
+const cidr = z.string().refine((v) => parseCidr(v) !== undefined, {
+  error: 'expected an IPv4 or IPv6 network such as 192.168.1.0/24 or 2001:db8::/32',
+});
+
+const tlsVersion = z.enum(['TLSv1', 'TLSv1.1', 'TLSv1.2', 'TLSv1.3']);
+
+const listenerTls = z.strictObject({
+  cert: z.string().min(1),
+  key: z.string().min(1),
+  /** Old printers often speak only TLS 1.0/1.1; lower this per listener, not globally. */
+  minVersion: tlsVersion.default('TLSv1.2'),
+  /** Implicit TLS from the first byte (port 465 style) instead of STARTTLS. */
+  implicit: z.boolean().default(false),
+});
+
+const listener = z.strictObject({
+  name,
+  role: z.enum(['relay', 'submission'], { error: 'expected "relay" or "submission"' }),
+  host: z.string().min(1).default('127.0.0.1'),
+  port,
+  /** Relay role: clients in these networks send without AUTH. Ignored by submission listeners. */
+  networks: z.array(cidr).default([]),
+  tls: listenerTls.optional(),
+  /** Offer AUTH without TLS. Only for legacy devices on a trusted LAN: passwords cross the wire in clear. */
+  allowInsecureAuth: z.boolean().default(false),
+  maxMessageSize: byteSize.prefault(26_214_400),
+  maxRecipients: intBetween(1, 100_000).default(100),
+  maxClients: intBetween(1, 100_000).default(200),
+  maxConnectionsPerIp: intBetween(1, 100_000).default(20),
+  /** Failed AUTH attempts per client address within authFailureWindow before AUTH is refused. */
+  maxAuthFailures: intBetween(1, 1000).default(5),
+  authFailureWindow: duration.prefault('10m'),
+  /** Idle time allowed between commands and between data chunks. */
+  socketTimeout: duration.prefault('5m'),
+});
+
+const user = z
+  .strictObject({
+    name: z.string().min(1),
+    passwordHash: z.string().refine(isPasswordHash, {
+      error: 'expected a hash printed by "smarthost hash-password" ($scrypt$ln=...)',
+    }),
+  });
+
+const outboxUpstream = z.strictObject({
+  type: z.literal('outbox'),
+  dir: z.string().min(1),
+  maxConcurrency: intBetween(1, 1000).default(4),
+});
+
+const smtpUpstream = z.strictObject({
+  type: z.literal('smtp'),
+  host: z.string().min(1),
+  port: port.optional(),
+  security: z.enum(['none', 'starttls', 'tls']).default('starttls'),
+  auth: z
+    .strictObject({
+      method: z.enum(['PLAIN', 'LOGIN', 'CRAM-MD5']).default('PLAIN'),
+      user: z.string().min(1),
+      pass: secret,
+    })
+    .optional(),
+  /** Off only for a known upstream with a self-signed certificate. */
+  verifyCertificate: z.boolean().default(true),
+  /** Name sent in EHLO; defaults to the relay's hostname. */
+  ehloName: z.string().optional(),
+  maxConnections: intBetween(1, 1000).default(5),
+  timeout: duration.prefault('2m'),
+});
+
+const upstream = z.discriminatedUnion('type', [outboxUpstream, smtpUpstream], {
+  error: 'expected "type" to be one of: outbox, smtp',
+});
+
+const retry = z.strictObject({
+  /** Postfix's minimal_backoff_time. */
+  initialDelay: duration.prefault('5m'),
+  /** Postfix's maximal_backoff_time. */
+  maxDelay: duration.prefault('4000s'),
+  /** Postfix's maximal_queue_lifetime: after this, pending recipients bounce. */
+  lifetime: duration.prefault('5d'),
+  /** Postfix's bounce_queue_lifetime: an undeliverable bounce is dropped after this. */
+  bounceLifetime: duration.prefault('5d'),
+});
+
+export const configSchema = z
+  .strictObject({
+    /** Name used in the greeting, Received headers and bounces. */
+    hostname: z.string().min(1).default(osHostname()),
+    log: z.strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info') }).prefault({}),
+    spool: z.strictObject({ dir: z.string().min(1) }),
+    listeners: z.array(listener).min(1, { error: 'expected at least one listener' }),
+    users: z.array(user).default([]),
+    upstreams: z.record(name, upstream).refine((u) => Object.keys(u).length > 0, { error: 'expected at least one upstream' }),
+    routing: z.strictObject({ default: name }),
+    delivery: z
+      .strictObject({
+        retry: retry.prefault({}),
+        /** Messages delivered at the same time, across all upstreams. */
+        maxConcurrency: intBetween(1, 10_000).default(50),
+        /** SIGTERM waits this long for SMTP sessions and deliveries in flight. */
+        shutdownTimeout: duration.prefault('30s'),
+      })
+      .prefault({}),
+  })
+  .superRefine((config, ctx) => {
+    if (!(config.routing.default in config.upstreams)) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['routing', 'default'],
+        message: `names no upstream; defined: ${Object.keys(config.upstreams).join(', ')}`,
+        input: config.routing.default,
+      });
+    }
+    const seen = new Map<string, number>();
+    config.listeners.forEach((l, i) => {
+      const prev = seen.get(l.name);
+      if (prev !== undefined) {
+        ctx.addIssue({ code: 'custom', path: ['listeners', i, 'name'], message: `duplicates listeners[${prev}].name`, input: l.name });
+      }
+      seen.set(l.name, i);
+    });
+    const users = new Set<string>();
+    config.users.forEach((u, i) => {
+      if (users.has(u.name)) ctx.addIssue({ code: 'custom', path: ['users', i, 'name'], message: 'duplicate user name', input: u.name });
+      users.add(u.name);
+    });
+  });
+
+export type Config = z.output<typeof configSchema>;
+export type ListenerConfig = Config['listeners'][number];
+export type UserConfig = Config['users'][number];
+export type UpstreamConfig = Config['upstreams'][string];
+export type SmtpUpstreamConfig = z.output<typeof smtpUpstream>;
+export type OutboxUpstreamConfig = z.output<typeof outboxUpstream>;
+export type RetryConfig = z.output<typeof retry>;

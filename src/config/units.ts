@@ -1,0 +1,34 @@
+import { z } from 'zod';
+
+const DURATION = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)$/;
+const DURATION_UNIT_MS = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 604_800_000 } as const;
+
+/** A duration written as seconds (number) or with a unit ("250ms", "30s", "5m", "4h", "5d"); yields milliseconds. */
+export const duration = z
+  .union([z.number().nonnegative(), z.string().regex(DURATION)], {
+    error: 'expected a duration such as 30s, 5m, 4h or 5d (a bare number means seconds)',
+  })
+  .transform((v) => {
+    if (typeof v === 'number') return Math.round(v * 1000);
+    const [, amount, unit] = DURATION.exec(v)!;
+    return Math.round(Number(amount) * DURATION_UNIT_MS[unit as keyof typeof DURATION_UNIT_MS]);
+  });
+
+const SIZE = /^(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)?$/i;
+const SIZE_UNIT: Record<string, number> = { b: 1, kb: 1e3, mb: 1e6, gb: 1e9, kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3 };
+
+/** A byte size written as a number or with a unit ("25MB", "512KiB"); yields bytes. */
+export const byteSize = z
+  .union([z.int().nonnegative(), z.string().regex(SIZE)], { error: 'expected a size such as 25MB, 512KiB or a byte count' })
+  .transform((v) => {
+    if (typeof v === 'number') return v;
+    const [, amount, unit] = SIZE.exec(v)!;
+    return Math.round(Number(amount) * SIZE_UNIT[(unit ?? 'b').toLowerCase()]!);
+  });
+
+export function intBetween(min: number, max: number) {
+  const error = `expected an integer ${min}-${max}`;
+  return z.int({ error }).min(min, { error }).max(max, { error });
+}
+
+export const port = intBetween(1, 65535);

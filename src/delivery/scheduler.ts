@@ -1,0 +1,213 @@
+import type { RetryConfig } from '../config/schema.js';
+import type { Logger } from '../log.js';
+import { toSmtpError } from '../smtp-error.js';
+import type { Spool } from '../spool/spool.js';
+import { nextDueAt, type MessageRecord } from '../spool/record.js';
+import type { Upstream } from '../upstreams/upstream.js';
+import type { Bouncer } from './bounce.js';
+import type { Clock } from './clock.js';
+import { DueQueue } from './due-queue.js';
+import { applyOutcome, completeOutcomes, expire, sameOutcomeForAll } from './outcomes.js';
+import { Semaphore } from './semaphore.js';
+
+export interface SchedulerOptions {
+  spool: Spool;
+  upstreams: ReadonlyMap<string, { upstream: Upstream; maxConcurrency: number }>;
+  /** Picks the upstream for one recipient of a message (the routing function). */
+  route: (message: MessageRecord, recipient: string) => string;
+  bouncer: Bouncer;
+  retry: RetryConfig;
+  maxConcurrency: number;
+  clock: Clock;
+  log: Logger;
+  random?: () => number;
+}
+
+/** Longest single timer; later due times are reached by re-arming, which also tolerates clock jumps. */
+const MAX_TIMER_MS = 60_000;
+
+/**
+ * Decides when each queued message is attempted. Holds every queued record in memory, ordered by due
+ * time; runs at most maxConcurrency messages at once and at most each upstream's own limit per upstream.
+ * The spool stays the truth: every state change is written before the next decision depends on it.
+ */
+export class DeliveryScheduler {
+  readonly #o: SchedulerOptions;
+  readonly #records = new Map<string, MessageRecord>();
+  readonly #due = new DueQueue();
+  readonly #active = new Map<string, Promise<void>>();
+  readonly #slots: Map<string, Semaphore>;
+  #timer: { cancel(): void } | undefined;
+  #timerAt = Infinity;
+  #stopping = false;
+
+  constructor(options: SchedulerOptions) {
+    this.#o = options;
+    this.#slots = new Map([...options.upstreams].map(([name, u]) => [name, new Semaphore(u.maxConcurrency)]));
+  }
+
+  /** Number of messages in the queue (waiting or being attempted). */
+  get size(): number {
+    return this.#records.size;
+  }
+
+  get activeCount(): number {
+    return this.#active.size;
+  }
+
+  records(): IterableIterator<MessageRecord> {
+    return this.#records.values();
+  }
+
+  /** Adds a newly spooled or recovered message and attempts it as soon as it is due. */
+  add(record: MessageRecord): void {
+    this.#records.set(record.id, record);
+    this.#schedule(record);
+    this.#pump();
+  }
+
+  /** Re-checks due work, e.g. after a test advanced its manual clock. */
+  poke(): void {
+    this.#pump();
+  }
+
+  /** Stops starting new attempts and waits up to timeoutMs for those in flight; unfinished ones stay queued. */
+  async stop(timeoutMs: number): Promise<boolean> {
+    this.#stopping = true;
+    this.#timer?.cancel();
+    const all = Promise.allSettled([...this.#active.values()]).then(() => true);
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), timeoutMs)));
+    const finished = await Promise.race([all, timeout]);
+    clearTimeout(timer);
+    return finished;
+  }
+
+  #schedule(record: MessageRecord): void {
+    const at = nextDueAt(record);
+    if (at === undefined) this.#due.delete(record.id);
+    else this.#due.set(record.id, at);
+  }
+
+  #pump(): void {
+    if (this.#stopping) return;
+    const now = this.#o.clock.now();
+    while (this.#active.size < this.#o.maxConcurrency) {
+      const id = this.#due.popDue(now);
+      if (id === undefined) break;
+      const record = this.#records.get(id);
+      if (!record || this.#active.has(id)) continue;
+      const run = this.#attempt(record)
+        .catch((err: unknown) => {
+          // Storage trouble while recording a result: keep the message and try again later.
+          this.#o.log.error({ event: 'queue.error', queueId: id, err }, 'could not record delivery result; will retry');
+          this.#due.set(id, this.#o.clock.now() + this.#o.retry.initialDelay);
+        })
+        .finally(() => {
+          this.#active.delete(id);
+          this.#pump();
+        });
+      this.#active.set(id, run);
+    }
+    this.#arm();
+  }
+
+  #arm(): void {
+    const next = this.#due.peekTime();
+    if (next === undefined || this.#stopping) return;
+    const at = Math.min(next, this.#o.clock.now() + MAX_TIMER_MS);
+    if (this.#timer && this.#timerAt <= at) return;
+    this.#timer?.cancel();
+    this.#timerAt = at;
+    this.#timer = this.#o.clock.setTimer(() => {
+      this.#timer = undefined;
+      this.#timerAt = Infinity;
+      this.#pump();
+    }, Math.max(0, at - this.#o.clock.now()));
+  }
+
+  async #attempt(initial: MessageRecord): Promise<void> {
+    let record = this.#expireOld(initial);
+    const now = this.#o.clock.now();
+    const groups = new Map<string, string[]>();
+    for (const r of record.recipients) {
+      if (r.status !== 'pending' || r.nextAttemptAt > now) continue;
+      const upstream = this.#o.route(record, r.address);
+      groups.set(upstream, [...(groups.get(upstream) ?? []), r.address]);
+    }
+    const results = await Promise.all([...groups].map(([name, recipients]) => this.#deliverGroup(record, name, recipients)));
+    const changed = new Map(results.flat().map((s) => [s.address, s]));
+    if (changed.size === 0 && record === initial) return this.#schedule(record);
+    record = { ...record, recipients: record.recipients.map((r) => changed.get(r.address) ?? r) };
+    if (nextDueAt(record) !== undefined) await this.#o.spool.update(record);
+    if (record.recipients.some((r) => r.status === 'failed' && !r.notified)) {
+      record = await this.#o.bouncer.notify(record);
+      if (nextDueAt(record) !== undefined) await this.#o.spool.update(record);
+    }
+    await this.#finishOrKeep(record);
+  }
+
+  async #deliverGroup(record: MessageRecord, name: string, recipients: string[]) {
+    const configured = this.#o.upstreams.get(name);
+    const started = this.#o.clock.now();
+    const release = await (this.#slots.get(name) ?? new Semaphore(1)).acquire();
+    let outcomes;
+    try {
+      if (!configured) throw new Error(`route names unknown upstream "${name}"`);
+      outcomes = completeOutcomes(
+        recipients,
+        await configured.upstream.deliver({
+          queueId: record.id,
+          sender: record.sender,
+          recipients,
+          size: record.size,
+          openMessage: () => this.#o.spool.openBody(record.id),
+        }),
+      );
+    } catch (err) {
+      outcomes = sameOutcomeForAll(recipients, toSmtpError(err));
+    } finally {
+      release();
+    }
+    const now = this.#o.clock.now();
+    const ctx = { now, upstream: name, retry: this.#o.retry, random: this.#o.random };
+    const states = outcomes.map((o) => applyOutcome(record.recipients.find((r) => r.address === o.recipient)!, o, ctx));
+    for (const o of outcomes) {
+      const state = states.find((s) => s.address === o.recipient)!;
+      this.#o.log.info(
+        {
+          event: 'delivery',
+          queueId: record.id,
+          upstream: name,
+          recipient: o.recipient,
+          result: o.delivered ? 'delivered' : state.status === 'failed' ? 'bounced' : 'deferred',
+          reply: o.delivered ? o.reply : o.error.reply,
+          attempt: state.attempts,
+          delayMs: now - record.receivedAt,
+          durationMs: now - started,
+          ...(state.status === 'pending' ? { nextAttemptAt: new Date(state.nextAttemptAt).toISOString() } : {}),
+        },
+        'delivery attempt',
+      );
+    }
+    return states;
+  }
+
+  #expireOld(record: MessageRecord): MessageRecord {
+    const lifetime = record.sender === '' ? this.#o.retry.bounceLifetime : this.#o.retry.lifetime;
+    if (this.#o.clock.now() - record.receivedAt < lifetime) return record;
+    return { ...record, recipients: record.recipients.map((r) => (r.status === 'pending' ? expire(r, lifetime) : r)) };
+  }
+
+  async #finishOrKeep(record: MessageRecord): Promise<void> {
+    if (nextDueAt(record) === undefined) {
+      await this.#o.spool.remove(record.id);
+      this.#records.delete(record.id);
+      this.#due.delete(record.id);
+      this.#o.log.info({ event: 'queue.removed', queueId: record.id }, 'message finished');
+      return;
+    }
+    this.#records.set(record.id, record);
+    this.#schedule(record);
+  }
+}

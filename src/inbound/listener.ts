@@ -1,0 +1,220 @@
+import { readFileSync } from 'node:fs';
+import type { Readable } from 'node:stream';
+import { SMTPServer, type SMTPServerAddress, type SMTPServerDataStream, type SMTPServerOptions, type SMTPServerSession } from 'smtp-server';
+import type { ListenerConfig } from '../config/schema.js';
+import type { Logger } from '../log.js';
+import { checkEnvelopeAddress } from '../policy/address-policy.js';
+import { NetworkList, normalizeIp } from '../policy/networks.js';
+import { SmtpError, toSmtpError } from '../smtp-error.js';
+import { newQueueId } from '../spool/queue-id.js';
+import { createRecord, type MessageRecord } from '../spool/record.js';
+import type { Spool } from '../spool/spool.js';
+import { AuthFailureGuard } from './auth-guard.js';
+import { InboundMessageTransform, type ReceivedTrace } from './message-stream.js';
+import type { LocalUsers } from './users.js';
+
+export interface ListenerDeps {
+  hostname: string;
+  spool: Spool;
+  users: LocalUsers;
+  /** Hands a durably spooled message to delivery. */
+  accept: (record: MessageRecord) => void;
+  log: Logger;
+}
+
+type Callback = (err?: Error | null) => void;
+
+/** One SMTP listener (relay or submission role) on smtp-server; every decision replies through SmtpError. */
+export class Listener {
+  readonly server: SMTPServer;
+  readonly #networks: NetworkList;
+  readonly #authGuard: AuthFailureGuard;
+  readonly #perIp = new Map<string, number>();
+  readonly #counted = new Set<string>();
+
+  constructor(
+    readonly config: ListenerConfig,
+    private readonly deps: ListenerDeps,
+  ) {
+    this.#networks = new NetworkList(config.role === 'relay' ? config.networks : []);
+    this.#authGuard = new AuthFailureGuard(config.maxAuthFailures, config.authFailureWindow);
+    this.server = new SMTPServer(this.#options());
+    this.server.on('error', (err) => deps.log.warn({ event: 'smtp.error', listener: config.name, err }, 'SMTP connection error'));
+  }
+
+  listen(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const onError = (err: Error) => reject(new Error(`listener ${this.config.name}: cannot listen on ${this.config.host}:${this.config.port}: ${err.message}`));
+      this.server.server.once('error', onError);
+      this.server.listen(this.config.port, this.config.host, () => {
+        this.server.server.off('error', onError);
+        resolve();
+      });
+    });
+  }
+
+  /** The bound port (differs from the configured one when that was 0). */
+  get port(): number {
+    const address = this.server.server.address();
+    return typeof address === 'object' && address ? address.port : this.config.port;
+  }
+
+  /** Stops accepting; sessions in progress may finish until timeoutMs, then are cut with 421. */
+  close(timeoutMs: number): Promise<void> {
+    this.server.options.closeTimeout = timeoutMs;
+    return new Promise((resolve) => this.server.close(() => resolve()));
+  }
+
+  #options(): SMTPServerOptions {
+    const c = this.config;
+    const tls = c.tls ? { key: readFileSync(c.tls.key), cert: readFileSync(c.tls.cert), minVersion: c.tls.minVersion } : {};
+    return {
+      ...tls,
+      name: this.deps.hostname,
+      banner: 'smarthost ESMTP',
+      secure: c.tls?.implicit ?? false,
+      disabledCommands: c.tls ? [] : ['STARTTLS'],
+      allowInsecureAuth: c.allowInsecureAuth,
+      authMethods: ['PLAIN', 'LOGIN'],
+      authOptional: true,
+      size: c.maxMessageSize,
+      maxRecipients: c.maxRecipients,
+      maxClients: c.maxClients,
+      socketTimeout: c.socketTimeout,
+      disableReverseLookup: true,
+      // Enhanced status codes are written into each reply's text by SmtpError; smtp-server would add its own.
+      hideENHANCEDSTATUSCODES: true,
+      hideDSN: true,
+      hideREQUIRETLS: true,
+      logger: false,
+      onConnect: (session, cb) => cb(this.#onConnect(session)),
+      onClose: (session) => this.#onClose(session),
+      onAuth: (auth, session, cb) => {
+        this.#onAuth(auth.username ?? '', auth.password ?? '', session).then(
+          (user) => cb(null, { user }),
+          (err: unknown) => cb(toSmtpError(err).forSmtpServer()),
+        );
+      },
+      onMailFrom: (address, session, cb) => this.#reply(cb, this.#onMailFrom(address, session)),
+      onRcptTo: (address, _session, cb) => this.#reply(cb, checkEnvelopeAddress(address.address, 'recipient')),
+      onData: (stream, session, cb) => this.#onData(stream, session, cb),
+    };
+  }
+
+  #reply(cb: Callback, err: SmtpError | undefined): void {
+    cb(err ? err.forSmtpServer() : null);
+  }
+
+  #onConnect(session: SMTPServerSession): Error | null {
+    const ip = normalizeIp(session.remoteAddress);
+    const count = (this.#perIp.get(ip) ?? 0) + 1;
+    if (count > this.config.maxConnectionsPerIp) {
+      this.deps.log.warn({ event: 'smtp.refused', listener: this.config.name, client: ip, reason: 'connections per address' }, 'too many connections');
+      return new SmtpError(421, '4.7.0', 'Too many connections from your address, try again later').forSmtpServer();
+    }
+    this.#perIp.set(ip, count);
+    this.#counted.add(session.id);
+    return null;
+  }
+
+  #onClose(session: SMTPServerSession): void {
+    if (!this.#counted.delete(session.id)) return;
+    const ip = normalizeIp(session.remoteAddress);
+    const count = (this.#perIp.get(ip) ?? 1) - 1;
+    if (count <= 0) this.#perIp.delete(ip);
+    else this.#perIp.set(ip, count);
+  }
+
+  async #onAuth(username: string, password: string, session: SMTPServerSession): Promise<string> {
+    const ip = normalizeIp(session.remoteAddress);
+    if (this.#authGuard.isBlocked(ip)) {
+      throw new SmtpError(421, '4.7.0', 'Too many failed authentication attempts, try again later');
+    }
+    if (await this.deps.users.authenticate(username, password)) {
+      this.deps.log.info({ event: 'smtp.auth', listener: this.config.name, client: ip, user: username }, 'authenticated');
+      return username;
+    }
+    this.#authGuard.recordFailure(ip);
+    this.deps.log.warn({ event: 'smtp.auth_failed', listener: this.config.name, client: ip, user: username }, 'authentication failed');
+    throw new SmtpError(535, '5.7.8', 'Authentication credentials invalid');
+  }
+
+  #onMailFrom(address: SMTPServerAddress, session: SMTPServerSession): SmtpError | undefined {
+    const trusted = this.config.role === 'relay' && this.#networks.contains(session.remoteAddress);
+    if (!session.user && !trusted) {
+      this.deps.log.info(
+        { event: 'smtp.refused', listener: this.config.name, client: normalizeIp(session.remoteAddress), reason: 'authentication required' },
+        'unauthenticated client outside allowed networks',
+      );
+      return new SmtpError(530, '5.7.0', 'Authentication required');
+    }
+    return checkEnvelopeAddress(address.address, 'sender');
+  }
+
+  #onData(stream: SMTPServerDataStream, session: SMTPServerSession, cb: (err?: Error | null, message?: string) => void): void {
+    const id = newQueueId();
+    const recipients = session.envelope.rcptTo.map((a) => a.address);
+    const message = new InboundMessageTransform(this.#trace(session, id, recipients));
+    stream.on('data', () => {
+      if (stream.sizeExceeded) message.destroy(new SmtpError(552, '5.3.4', 'Message size exceeds fixed maximum message size'));
+    });
+    stream.once('close', () => {
+      if (!stream.readableEnded) message.destroy(new SmtpError(451, '4.4.2', 'Connection lost during DATA'));
+    });
+    stream.pipe(message);
+    const record = createRecord({
+      id,
+      sender: session.envelope.mailFrom ? session.envelope.mailFrom.address : '',
+      recipients,
+      receivedAt: Date.now(),
+      client: {
+        address: normalizeIp(session.remoteAddress),
+        ...(session.hostNameAppearsAs ? { helo: session.hostNameAppearsAs } : {}),
+        ...(typeof session.user === 'string' ? { user: session.user } : {}),
+        listener: this.config.name,
+        tls: session.secure,
+      },
+    });
+    this.deps.spool
+      .store(message as Readable, record, (r) => {
+        r.size = message.bytesOut;
+        if (message.messageId) r.messageId = message.messageId;
+      })
+      .then(
+        (stored) => {
+          cb(null, `2.0.0 Ok: queued as ${id}`);
+          this.deps.log.info(
+            { event: 'received', queueId: id, listener: this.config.name, client: record.client.address, user: record.client.user, sender: stored.sender, recipients, size: stored.size, messageId: stored.messageId },
+            'message queued',
+          );
+          this.deps.accept(stored);
+        },
+        (err: unknown) => {
+          stream.unpipe(message);
+          stream.resume();
+          const error = toSmtpError(err);
+          this.deps.log.warn({ event: 'receive.failed', queueId: id, listener: this.config.name, reply: error.reply, err: error.cause ?? error }, 'message not accepted');
+          cb(error.forSmtpServer());
+        },
+      );
+  }
+
+  #trace(session: SMTPServerSession, queueId: string, recipients: string[]): ReceivedTrace {
+    const tls = session.tlsOptions ? `${session.tlsOptions.version ?? ''} ${session.tlsOptions.name ?? ''}`.trim() : undefined;
+    return {
+      fromHelo: session.hostNameAppearsAs || 'unknown',
+      clientAddress: normalizeIp(session.remoteAddress),
+      byHost: this.deps.hostname,
+      protocol: protocolOf(session),
+      queueId,
+      ...(recipients.length === 1 ? { recipient: recipients[0] } : {}),
+      date: new Date(),
+      ...(tls ? { tls } : {}),
+    };
+  }
+}
+
+function protocolOf(session: SMTPServerSession): ReceivedTrace['protocol'] {
+  const t = session.transmissionType;
+  return t === 'ESMTP' || t === 'ESMTPS' || t === 'ESMTPA' || t === 'ESMTPSA' || t === 'SMTP' ? t : 'ESMTP';
+}

@@ -1,0 +1,80 @@
+import { createHash } from 'node:crypto';
+import { z } from 'zod';
+
+const reply = z.strictObject({ code: z.int(), enhanced: z.string(), text: z.string() });
+
+const recipientState = z.strictObject({
+  address: z.string(),
+  status: z.enum(['pending', 'delivered', 'failed']),
+  attempts: z.int().nonnegative(),
+  /** Epoch milliseconds; meaningful while pending. */
+  nextAttemptAt: z.number(),
+  lastReply: reply.optional(),
+  upstream: z.string().optional(),
+  /** For a failed recipient: its DSN is safely queued (or none is due, for a bounce's own recipients). */
+  notified: z.boolean().optional(),
+});
+
+const messageRecord = z.strictObject({
+  version: z.literal(1),
+  id: z.string(),
+  /** Envelope sender; '' is the null sender. */
+  sender: z.string(),
+  recipients: z.array(recipientState).min(1),
+  /** Epoch milliseconds. */
+  receivedAt: z.number(),
+  size: z.int().nonnegative(),
+  messageId: z.string().optional(),
+  client: z.strictObject({
+    address: z.string(),
+    hostname: z.string().optional(),
+    helo: z.string().optional(),
+    user: z.string().optional(),
+    listener: z.string(),
+    tls: z.boolean(),
+  }),
+});
+
+export type Reply = z.output<typeof reply>;
+export type RecipientState = z.output<typeof recipientState>;
+export type MessageRecord = z.output<typeof messageRecord>;
+
+/** The envelope file holds the record and a SHA-256 of it, so a torn or edited file is recognised. */
+export function serializeRecord(record: MessageRecord): Buffer {
+  const body = JSON.stringify(record);
+  return Buffer.from(`{"sha256":"${sha256(body)}","record":${body}}\n`);
+}
+
+export function parseRecord(data: Buffer): MessageRecord {
+  const outer = JSON.parse(data.toString('utf8')) as { sha256?: unknown; record?: unknown };
+  const body = JSON.stringify(outer.record);
+  if (typeof outer.sha256 !== 'string' || outer.sha256 !== sha256(body)) throw new Error('checksum mismatch');
+  return messageRecord.parse(outer.record);
+}
+
+function sha256(text: string): string {
+  return createHash('sha256').update(text).digest('hex');
+}
+
+export function pendingRecipients(record: MessageRecord): RecipientState[] {
+  return record.recipients.filter((r) => r.status === 'pending');
+}
+
+/** When the message next needs attention: the earliest pending recipient, or now if a DSN is still owed. */
+export function nextDueAt(record: MessageRecord): number | undefined {
+  if (record.recipients.some((r) => r.status === 'failed' && !r.notified)) return 0;
+  const pending = pendingRecipients(record);
+  if (pending.length === 0) return undefined;
+  return Math.min(...pending.map((r) => r.nextAttemptAt));
+}
+
+/** A new record: every recipient pending and due at once. */
+export function createRecord(fields: Omit<MessageRecord, 'version' | 'recipients' | 'size'> & { recipients: readonly string[]; size?: number }): MessageRecord {
+  const { recipients, size = 0, ...rest } = fields;
+  return {
+    version: 1,
+    ...rest,
+    size,
+    recipients: recipients.map((address) => ({ address, status: 'pending', attempts: 0, nextAttemptAt: fields.receivedAt })),
+  };
+}

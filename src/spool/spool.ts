@@ -1,0 +1,158 @@
+import { createReadStream, createWriteStream } from 'node:fs';
+import { mkdir, open, readdir, readFile, rename, rm, unlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { SmtpError } from '../smtp-error.js';
+import { DirSync } from './dir-sync.js';
+import { QUEUE_ID } from './queue-id.js';
+import { parseRecord, serializeRecord, type MessageRecord } from './record.js';
+
+/**
+ * The spool keeps each message as two files in queue/: <id>.eml, the body exactly as accepted and never
+ * rewritten, and <id>.json, the envelope and delivery state, replaced atomically on every change. A message
+ * exists once its .json is in queue/; both files are written and fsync'ed in incoming/ first, the body is
+ * renamed before the envelope that points at it, and the directory is fsync'ed before the client hears 250.
+ */
+export class Spool {
+  readonly incomingDir: string;
+  readonly queueDir: string;
+  readonly corruptDir: string;
+  readonly #queueSync: DirSync;
+
+  private constructor(readonly dir: string) {
+    this.incomingDir = join(dir, 'incoming');
+    this.queueDir = join(dir, 'queue');
+    this.corruptDir = join(dir, 'corrupt');
+    this.#queueSync = new DirSync(this.queueDir);
+  }
+
+  static async open(dir: string): Promise<Spool> {
+    const spool = new Spool(dir);
+    for (const d of [spool.incomingDir, spool.queueDir, spool.corruptDir]) await mkdir(d, { recursive: true });
+    return spool;
+  }
+
+  bodyPath(id: string): string {
+    return join(this.queueDir, `${id}.eml`);
+  }
+
+  openBody(id: string, range?: { start?: number; end?: number }): Readable {
+    return createReadStream(this.bodyPath(id), range);
+  }
+
+  /**
+   * Streams a message into the spool and returns once it is durable. `finish` is called after the body is
+   * written, to complete the record from what the stream learned (size, Message-ID). Errors thrown by the
+   * source (an SmtpError such as a loop or size refusal) pass through; storage failures become 451 4.3.0.
+   * Either way nothing is left behind.
+   */
+  async store(source: Readable, record: MessageRecord, finish?: (record: MessageRecord) => void): Promise<MessageRecord> {
+    const tmpBody = join(this.incomingDir, `${record.id}.eml`);
+    const tmpMeta = join(this.incomingDir, `${record.id}.json`);
+    try {
+      // flush: the file is fsync'ed before it is closed, and pipeline resolves only after the close.
+      await pipeline(source, createWriteStream(tmpBody, { flags: 'wx', flush: true, highWaterMark: 256 * 1024 }));
+      finish?.(record);
+      await writeDurably(tmpMeta, serializeRecord(record));
+      await rename(tmpBody, this.bodyPath(record.id));
+      await rename(tmpMeta, this.#metaPath(record.id));
+      await this.#queueSync.sync();
+      return record;
+    } catch (err) {
+      source.destroy();
+      await Promise.all([tmpBody, tmpMeta, this.bodyPath(record.id), this.#metaPath(record.id)].map((p) => rm(p, { force: true }).catch(() => {})));
+      if (err instanceof SmtpError) throw err;
+      throw new SmtpError(451, '4.3.0', 'Local error in processing: could not queue the message, try again later', { cause: err });
+    }
+  }
+
+  /** Replaces the envelope file atomically; the body is never touched. */
+  async update(record: MessageRecord): Promise<void> {
+    const tmp = join(this.incomingDir, `${record.id}.json.update`);
+    await writeDurably(tmp, serializeRecord(record));
+    await rename(tmp, this.#metaPath(record.id));
+    await this.#queueSync.sync();
+  }
+
+  /** Removes a finished message: envelope first, so a crash in between leaves only an orphan body. */
+  async remove(id: string): Promise<void> {
+    await unlink(this.#metaPath(id)).catch(ignoreMissing);
+    await unlink(this.bodyPath(id)).catch(ignoreMissing);
+  }
+
+  /** The message's header block (up to the blank line), for bounces that quote it. */
+  async readHeaderBlock(id: string, limit = 256 * 1024): Promise<Buffer> {
+    const handle = await open(this.bodyPath(id), 'r');
+    try {
+      const { buffer, bytesRead } = await handle.read({ buffer: Buffer.alloc(limit), position: 0 });
+      const data = buffer.subarray(0, bytesRead);
+      const end = data.indexOf('\r\n\r\n');
+      return end === -1 ? data : data.subarray(0, end);
+    } finally {
+      await handle.close();
+    }
+  }
+
+  async readRecord(id: string): Promise<MessageRecord> {
+    return parseRecord(await readFile(this.#metaPath(id)));
+  }
+
+  /**
+   * Start-up scan. Files in incoming/ belong to messages never acknowledged and are removed; a body without
+   * an envelope likewise. A damaged envelope (and its body) moves to corrupt/ and is reported, never fatal.
+   */
+  async recover(): Promise<{ records: MessageRecord[]; removed: string[]; corrupt: { id: string; reason: string }[] }> {
+    const removed: string[] = [];
+    for (const name of await readdir(this.incomingDir)) {
+      await rm(join(this.incomingDir, name), { force: true });
+      removed.push(name);
+    }
+    const names = new Set(await readdir(this.queueDir));
+    const records: MessageRecord[] = [];
+    const corrupt: { id: string; reason: string }[] = [];
+    for (const name of [...names].sort()) {
+      const id = name.replace(/\.(eml|json)$/, '');
+      if (!QUEUE_ID.test(id)) continue;
+      if (name.endsWith('.eml') && !names.has(`${id}.json`)) {
+        await rm(join(this.queueDir, name), { force: true });
+        removed.push(name);
+      }
+      if (!name.endsWith('.json')) continue;
+      try {
+        if (!names.has(`${id}.eml`)) throw new Error('message body file is missing');
+        const record = parseRecord(await readFile(join(this.queueDir, name)));
+        if (record.id !== id) throw new Error(`record names another queue ID (${record.id})`);
+        records.push(record);
+      } catch (err) {
+        corrupt.push({ id, reason: (err as Error).message });
+        await this.#quarantine(id, names);
+      }
+    }
+    return { records, removed, corrupt };
+  }
+
+  async #quarantine(id: string, names: Set<string>): Promise<void> {
+    for (const ext of ['json', 'eml']) {
+      if (names.has(`${id}.${ext}`)) await rename(join(this.queueDir, `${id}.${ext}`), join(this.corruptDir, `${id}.${ext}`));
+    }
+  }
+
+  #metaPath(id: string): string {
+    return join(this.queueDir, `${id}.json`);
+  }
+}
+
+async function writeDurably(path: string, data: Buffer): Promise<void> {
+  const handle = await open(path, 'w');
+  try {
+    await handle.writeFile(data);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+function ignoreMissing(err: NodeJS.ErrnoException): void {
+  if (err.code !== 'ENOENT') throw err;
+}

@@ -1,0 +1,27 @@
+import type { Readable } from 'node:stream';
+import type { SmtpError } from '../smtp-error.js';
+
+/** One delivery: a spooled message, sent to exactly these recipients through one upstream. */
+export interface DeliveryRequest {
+  queueId: string;
+  /** Envelope sender; '' is the null sender of a bounce. */
+  sender: string;
+  recipients: readonly string[];
+  size: number;
+  /** Opens the spooled message (CRLF line endings, as accepted). Each call returns a fresh stream. */
+  openMessage(): Readable;
+}
+
+export type RecipientOutcome =
+  | { recipient: string; delivered: true; reply: string }
+  | { recipient: string; delivered: false; error: SmtpError };
+
+/**
+ * Every transport sits behind this. deliver() answers one outcome per requested recipient; it may also
+ * throw, which counts as the same error for every recipient (e.g. connection refused).
+ */
+export interface Upstream {
+  readonly name: string;
+  deliver(request: DeliveryRequest): Promise<RecipientOutcome[]>;
+  close(): Promise<void>;
+}
