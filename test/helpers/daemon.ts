@@ -1,0 +1,144 @@
+/**
+ * Starting smarthost for tests, two ways: in this process (Daemon.start with a config built here, logs
+ * captured), or as the built CLI in a child process (for SIGTERM/SIGKILL and restart scenarios).
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
+import { fileURLToPath } from 'node:url';
+import { stringify } from 'yaml';
+import { parseConfig } from '../../src/config/load.js';
+import { Daemon } from '../../src/daemon.js';
+import { createLogger } from '../../src/log.js';
+import { freePort } from './net.js';
+
+export const CLI = fileURLToPath(new URL('../../src/cli.js', import.meta.url));
+
+export interface TestConfigOptions {
+  dir: string;
+  /** Upstreams by name; default: one outbox in dir/outbox. */
+  upstreams?: Record<string, unknown>;
+  defaultUpstream?: string;
+  /** Extra listener fields merged into both default listeners, or a full listener list. */
+  listeners?: Record<string, unknown>[];
+  users?: { name: string; passwordHash: string }[];
+  retry?: Record<string, unknown>;
+  extra?: Record<string, unknown>;
+}
+
+/** A config object for a test: relay and submission listeners on free loopback ports. */
+export async function testConfig(o: TestConfigOptions): Promise<Record<string, unknown>> {
+  const listeners =
+    o.listeners ??
+    [
+      { name: 'relay', role: 'relay', host: '127.0.0.1', port: await freePort(), networks: ['127.0.0.1/32'] },
+      { name: 'submission', role: 'submission', host: '127.0.0.1', port: await freePort(), allowInsecureAuth: true },
+    ];
+  return {
+    hostname: 'smarthost.test',
+    log: { level: 'debug' },
+    spool: { dir: join(o.dir, 'spool') },
+    listeners,
+    users: o.users ?? [],
+    upstreams: o.upstreams ?? { outbox: { type: 'outbox', dir: join(o.dir, 'outbox') } },
+    routing: { default: o.defaultUpstream ?? Object.keys(o.upstreams ?? { outbox: 1 })[0] },
+    delivery: { retry: { initialDelay: '5m', ...(o.retry ?? {}) }, shutdownTimeout: '5s' },
+    ...(o.extra ?? {}),
+  };
+}
+
+export async function tempDir(prefix = 'smarthost-test-'): Promise<{ path: string; remove(): Promise<void> }> {
+  const path = await mkdtemp(join(tmpdir(), prefix));
+  return { path, remove: () => rm(path, { recursive: true, force: true }) };
+}
+
+export interface InProcessDaemon {
+  daemon: Daemon;
+  /** Every log line so far, parsed. */
+  logs(): Record<string, unknown>[];
+  /** Resolves with the first log line (past or future) for which match() is true. */
+  waitForLog(match: (line: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Record<string, unknown>>;
+  port(listener: string): number;
+  stop(): Promise<void>;
+}
+
+export async function startInProcess(config: Record<string, unknown>): Promise<InProcessDaemon> {
+  const parsed = parseConfig(stringify(config), 'test');
+  const lines: Record<string, unknown>[] = [];
+  const waiters = new Set<{ match: (l: Record<string, unknown>) => boolean; resolve: (l: Record<string, unknown>) => void }>();
+  const sink = new PassThrough();
+  let partial = '';
+  sink.on('data', (chunk: Buffer) => {
+    partial += chunk.toString('utf8');
+    let nl: number;
+    while ((nl = partial.indexOf('\n')) !== -1) {
+      const line = JSON.parse(partial.slice(0, nl)) as Record<string, unknown>;
+      partial = partial.slice(nl + 1);
+      lines.push(line);
+      for (const w of waiters) if (w.match(line)) (waiters.delete(w), w.resolve(line));
+    }
+  });
+  const daemon = await Daemon.start(parsed, createLogger(parsed.log.level, sink));
+  return {
+    daemon,
+    logs: () => lines,
+    waitForLog(match, timeoutMs = 10_000) {
+      const found = lines.find(match);
+      if (found) return Promise.resolve(found);
+      return new Promise((resolve, reject) => {
+        const w = { match, resolve: (l: Record<string, unknown>) => (clearTimeout(timer), resolve(l)) };
+        const timer = setTimeout(() => (waiters.delete(w), reject(new Error('timed out waiting for a log line'))), timeoutMs);
+        waiters.add(w);
+      });
+    },
+    port: (name) => daemon.listeners.find((l) => l.config.name === name)!.port,
+    stop: () => daemon.stop(5000),
+  };
+}
+
+export interface ChildDaemon {
+  proc: ChildProcess;
+  stdout(): string;
+  stderr(): string;
+  /** Resolves when the process has exited, with its exit code or signal. */
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  waitForOutput(pattern: RegExp, timeoutMs?: number): Promise<void>;
+}
+
+/** Runs the built CLI; resolves once every configured listener logged "listening". */
+export async function spawnDaemon(config: Record<string, unknown>, dir: string, args: string[] = []): Promise<ChildDaemon> {
+  const configFile = join(dir, `config-${Date.now()}.yaml`);
+  await writeFile(configFile, stringify(config));
+  const proc = spawn(process.execPath, [CLI, 'start', '--config', configFile, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  const listeners = new Set<() => void>();
+  proc.stdout!.on('data', (c: Buffer) => ((out += c.toString()), listeners.forEach((l) => l())));
+  proc.stderr!.on('data', (c: Buffer) => ((err += c.toString()), listeners.forEach((l) => l())));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    proc.once('exit', (code, signal) => (listeners.forEach((l) => l()), resolve({ code, signal }))),
+  );
+  const child: ChildDaemon = {
+    proc,
+    stdout: () => out,
+    stderr: () => err,
+    exited,
+    waitForOutput(pattern, timeoutMs = 15_000) {
+      return new Promise((resolve, reject) => {
+        const check = () => {
+          if (pattern.test(out)) return done(), resolve();
+          if (proc.exitCode !== null || proc.signalCode !== null) return done(), reject(new Error(`daemon exited before ${pattern}: ${err || out}`));
+        };
+        const timer = setTimeout(() => (done(), reject(new Error(`timed out waiting for ${pattern}; stderr: ${err}`))), timeoutMs);
+        const done = () => (clearTimeout(timer), listeners.delete(check));
+        listeners.add(check);
+        check();
+      });
+    },
+  };
+  const count = (config.listeners as unknown[]).length;
+  await child.waitForOutput(new RegExp(`("event":"listening"[^\\n]*\\n[^]*){${count}}`));
+  return child;
+}

@@ -1,0 +1,40 @@
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import nodemailer from 'nodemailer';
+import { startSink, type Sink } from '../helpers/sink.js';
+import { startInProcess, tempDir, testConfig, type InProcessDaemon } from '../helpers/daemon.js';
+
+let sink: Sink;
+let relay: InProcessDaemon;
+let dir: Awaited<ReturnType<typeof tempDir>>;
+
+before(async () => {
+  dir = await tempDir();
+  sink = await startSink();
+  relay = await startInProcess(
+    await testConfig({
+      dir: dir.path,
+      upstreams: { sink: { type: 'smtp', host: '127.0.0.1', port: sink.port, security: 'none' } },
+    }),
+  );
+});
+
+after(async () => {
+  await relay.stop();
+  await sink.close();
+  await dir.remove();
+});
+
+test('a message from an allowed network reaches the upstream byte for byte, with our Received header on top', async () => {
+  const client = nodemailer.createTransport({ host: '127.0.0.1', port: relay.port('relay'), secure: false, ignoreTLS: true });
+  const body = 'Subject: scan\r\nMessage-ID: <scan-1@printer.local>\r\nFrom: scanner@printer.local\r\n\r\nline one\r\nline two\r\n';
+  const info = await client.sendMail({ envelope: { from: 'scanner@printer.local', to: ['alice@example.com'] }, raw: body });
+  assert.match(info.response, /^250 2\.0\.0 Ok: queued as [0-9A-Z]{22}$/);
+  const [msg] = await sink.waitForMessages(1);
+  assert.equal(msg!.sender, 'scanner@printer.local');
+  assert.deepEqual(msg!.recipients, ['alice@example.com']);
+  const raw = msg!.raw.toString('utf8');
+  assert.match(raw, /^Received: from [^\r\n]+\r\n\tby smarthost\.test \(smarthost\) with ESMTP id [0-9A-Z]{22}\r\n/);
+  assert.ok(raw.endsWith(body), 'original message follows the Received header unchanged');
+  client.close();
+});
