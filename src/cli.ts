@@ -61,9 +61,8 @@ async function main(argv: string[]): Promise<number> {
 async function start(path: string): Promise<number> {
   const config = loadConfig(path);
   const log = createLogger(config.log.level);
-  log.info({ event: 'starting', version: version(), config: path }, 'starting smarthost');
-  const daemon = await Daemon.start(config, log);
-  await new Promise<void>((resolve) => {
+  // Listening before the start: a signal during queue recovery stops the daemon once it is up, instead of killing it.
+  const signalled = new Promise<void>((resolve) => {
     const stop = (signal: string) => {
       log.info({ event: 'signal', signal }, `received ${signal}`);
       resolve();
@@ -71,6 +70,9 @@ async function start(path: string): Promise<number> {
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));
   });
+  log.info({ event: 'starting', version: version(), config: path }, 'starting smarthost');
+  const daemon = await Daemon.start(config, log);
+  await signalled;
   await daemon.stop();
   log.flush();
   return 0;

@@ -24,7 +24,11 @@ export class Daemon {
     const spool = await Spool.open(config.spool.dir);
     const upstreams = createUpstreams(config);
     let scheduler: DeliveryScheduler | undefined;
-    const bouncer = new Bouncer({ spool, hostname: config.hostname, clock, log, enqueue: (r) => scheduler!.add(r) });
+    const remoteMta = (name: string) => {
+      const upstream = config.upstreams[name];
+      return upstream?.type === 'smtp' ? upstream.host : undefined;
+    };
+    const bouncer = new Bouncer({ spool, hostname: config.hostname, clock, log, enqueue: (r) => scheduler!.add(r), remoteMta });
     scheduler = new DeliveryScheduler({
       spool,
       upstreams,
@@ -41,7 +45,6 @@ export class Daemon {
       log.error({ event: 'spool.corrupt', queueId: c.id, reason: c.reason, movedTo: spool.corruptDir }, 'damaged queue file moved aside');
     }
     if (recovered.removed.length > 0) log.info({ event: 'spool.cleaned', files: recovered.removed.length }, 'removed files of messages never acknowledged');
-    for (const record of recovered.records) scheduler.add(record);
     log.info({ event: 'spool.recovered', messages: recovered.records.length }, 'queue loaded');
 
     const users = new LocalUsers(config.users);
@@ -52,8 +55,11 @@ export class Daemon {
     } catch (err) {
       await Promise.all(listeners.map((l) => l.close(0)));
       await scheduler.stop(0);
+      await Promise.all([...upstreams.values()].map((u) => u.upstream.close()));
       throw err;
     }
+    // Recovered mail is handed over only once every listener is bound: a start that fails delivers nothing.
+    for (const record of recovered.records) scheduler.add(record);
     for (const l of listeners) {
       log.info({ event: 'listening', listener: l.config.name, role: l.config.role, host: l.config.host, port: l.port }, 'listening');
     }

@@ -36,7 +36,7 @@ export function loadConfig(path: string): Readonly<Config> {
 export function parseConfig(text: string, source = '<config>'): Readonly<Config> {
   const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
   if (doc.errors.length > 0) {
-    throw new ConfigError(source, doc.errors.map((e) => `YAML syntax: ${e.message.split('\n')[0]}`));
+    throw new ConfigError(source, doc.errors.map((e) => `YAML syntax: ${e.message.split('\n')[0]!.replace(/:$/, '')}`));
   }
   const result = configSchema.safeParse(doc.toJS() ?? {}, { reportInput: true });
   if (!result.success) throw new ConfigError(source, result.error.issues.flatMap(formatIssue));
@@ -54,9 +54,14 @@ function formatIssue(issue: z.core.$ZodIssue): string[] {
       return `${keyPath}: unknown key`;
     });
   }
+  const message = issue.message.replace(/^Invalid (input|option): /, '');
+  if (issue.code === 'invalid_type' && issue.input === undefined) {
+    return [`${path}: required key is missing (${message.replace(/, received undefined$/, '')})`];
+  }
+  // A record key's own schema (e.g. an upstream name) says what is wrong better than "Invalid key in record".
+  const detail = issue.code === 'invalid_key' && issue.issues[0] ? `invalid name: ${issue.issues[0].message}` : message;
   const got = 'input' in issue && issue.input !== undefined && typeof issue.input !== 'object' ? `, got ${JSON.stringify(issue.input)}` : '';
-  const missing = issue.code === 'invalid_type' && 'input' in issue && issue.input === undefined ? ' (missing)' : '';
-  return [`${path || '(top level)'}: ${issue.message.replace(/^Invalid input: /, '')}${missing}${got}`];
+  return [`${path || '(top level)'}: ${detail}${got}`];
 }
 
 function formatPath(path: readonly PropertyKey[]): string {

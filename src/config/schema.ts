@@ -115,11 +115,13 @@ export const configSchema = z
       .prefault({}),
   })
   .superRefine((config, ctx) => {
-    if (!(config.routing.default in config.upstreams)) {
+    // Object.hasOwn, not `in`: "constructor" or "toString" must not pass as upstream names.
+    if (!Object.hasOwn(config.upstreams, config.routing.default)) {
+      const defined = Object.keys(config.upstreams);
       ctx.addIssue({
         code: 'custom',
         path: ['routing', 'default'],
-        message: `names no upstream; defined: ${Object.keys(config.upstreams).join(', ')}`,
+        message: `names no upstream; ${defined.length > 0 ? `defined: ${defined.join(', ')}` : 'none is defined'}`,
         input: config.routing.default,
       });
     }

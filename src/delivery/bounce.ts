@@ -16,7 +16,15 @@ export const LOCAL_SOURCE = 'smarthost';
  */
 export class Bouncer {
   constructor(
-    private readonly o: { spool: Spool; hostname: string; clock: Clock; log: Logger; enqueue: (record: MessageRecord) => void },
+    private readonly o: {
+      spool: Spool;
+      hostname: string;
+      clock: Clock;
+      log: Logger;
+      enqueue: (record: MessageRecord) => void;
+      /** The host behind an upstream name, for Remote-MTA; undefined when there is none (e.g. an outbox). */
+      remoteMta?: (upstream: string) => string | undefined;
+    },
   ) {}
 
   async notify(record: MessageRecord): Promise<MessageRecord> {
@@ -42,7 +50,7 @@ export class Bouncer {
         recipient: r.address,
         status: r.lastReply?.enhanced ?? '5.0.0',
         diagnostic: r.lastReply ? `${r.lastReply.code} ${r.lastReply.enhanced} ${r.lastReply.text}` : 'unknown error',
-        remoteMta: r.upstream,
+        remoteMta: r.upstream === undefined ? undefined : this.o.remoteMta?.(r.upstream),
       })),
     });
     const bounce = createRecord({

@@ -28,15 +28,26 @@ export function applyOutcome(
 
 /** A recipient still pending after the queue lifetime fails with the last temporary error it saw. */
 export function expire(state: RecipientState, lifetimeMs: number): RecipientState {
-  const days = Math.round((lifetimeMs / 86_400_000) * 10) / 10;
   const last = state.lastReply ? `; last error: ${state.lastReply.code} ${state.lastReply.enhanced} ${state.lastReply.text}` : '';
   const enhanced = state.lastReply && state.lastReply.code >= 400 ? state.lastReply.enhanced : '4.4.7';
   return {
     ...state,
     status: 'failed',
     notified: false,
-    lastReply: { code: 554, enhanced, text: `delivery time expired: gave up after ${days} days in the queue${last}` },
+    lastReply: { code: 554, enhanced, text: `delivery time expired: gave up after ${describeDuration(lifetimeMs)} in the queue${last}` },
   };
+}
+
+/** "5 days", "1.5 hours", "30 minutes": a lifetime shorter than a day must not read as "0 days". */
+function describeDuration(ms: number): string {
+  const units = [
+    ['day', 86_400_000],
+    ['hour', 3_600_000],
+    ['minute', 60_000],
+  ] as const;
+  const [unit, size] = units.find(([, size]) => ms >= size) ?? ['second', 1000];
+  const amount = Math.round((ms / size) * 10) / 10;
+  return `${amount} ${unit}${amount === 1 ? '' : 's'}`;
 }
 
 /** Outcomes for every recipient when the whole attempt failed (connection refused, timeout, upstream bug). */

@@ -114,7 +114,8 @@ export class DeliveryScheduler {
 
   #arm(): void {
     const next = this.#due.peekTime();
-    if (next === undefined || this.#stopping) return;
+    // While every slot is busy, the attempt that frees one pumps again; a timer now would only spin.
+    if (next === undefined || this.#stopping || this.#active.size >= this.#o.maxConcurrency) return;
     const at = Math.min(next, this.#o.clock.now() + MAX_TIMER_MS);
     if (this.#timer && this.#timerAt <= at) return;
     this.#timer?.cancel();
@@ -137,14 +138,22 @@ export class DeliveryScheduler {
     }
     const results = await Promise.all([...groups].map(([name, recipients]) => this.#deliverGroup(record, name, recipients)));
     const changed = new Map(results.flat().map((s) => [s.address, s]));
-    if (changed.size === 0 && record === initial) return this.#schedule(record);
+    // Nothing attempted and no DSN owed (e.g. one recovered from a crash before it was sent): only reschedule.
+    // Returning here while a DSN is owed would leave the message due at 0 and re-attempt it forever.
+    if (changed.size === 0 && record === initial && !owesDsn(record)) return this.#schedule(record);
     record = { ...record, recipients: record.recipients.map((r) => changed.get(r.address) ?? r) };
-    if (nextDueAt(record) !== undefined) await this.#o.spool.update(record);
-    if (record.recipients.some((r) => r.status === 'failed' && !r.notified)) {
+    if (nextDueAt(record) !== undefined) await this.#save(record);
+    if (owesDsn(record)) {
       record = await this.#o.bouncer.notify(record);
-      if (nextDueAt(record) !== undefined) await this.#o.spool.update(record);
+      if (nextDueAt(record) !== undefined) await this.#save(record);
     }
     await this.#finishOrKeep(record);
+  }
+
+  /** Writes a record and keeps the in-memory copy equal to it, so a later failure cannot resurrect older state. */
+  async #save(record: MessageRecord): Promise<void> {
+    await this.#o.spool.update(record);
+    this.#records.set(record.id, record);
   }
 
   async #deliverGroup(record: MessageRecord, name: string, recipients: string[]) {
@@ -210,4 +219,9 @@ export class DeliveryScheduler {
     this.#records.set(record.id, record);
     this.#schedule(record);
   }
+}
+
+/** A recipient failed and its DSN is not yet safely queued. */
+function owesDsn(record: MessageRecord): boolean {
+  return record.recipients.some((r) => r.status === 'failed' && !r.notified);
 }

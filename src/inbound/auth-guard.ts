@@ -24,6 +24,14 @@ export class AuthFailureGuard {
     if (this.#failures.size > this.maxTracked) this.#failures.delete(this.#failures.keys().next().value!);
   }
 
+  /** Takes back the latest failure, for an attempt counted before it was checked that then succeeded. */
+  forgive(address: string): void {
+    const recent = this.#recent(address);
+    recent.pop();
+    if (recent.length === 0) this.#failures.delete(address);
+    else this.#failures.set(address, recent);
+  }
+
   #recent(address: string): number[] {
     const since = this.now() - this.windowMs;
     return (this.#failures.get(address) ?? []).filter((t) => t > since);

@@ -24,6 +24,9 @@ export interface ListenerDeps {
 
 type Callback = (err?: Error | null) => void;
 
+/** The path of a MAIL FROM or RCPT TO command when it starts with a source route: "<@a,@b:user@domain>". */
+const SOURCE_ROUTED_PATH = /^[^:]*:\s*<(@[^<>\s]*)>/;
+
 /** One SMTP listener (relay or submission role) on smtp-server; every decision replies through SmtpError. */
 export class Listener {
   readonly server: SMTPServer;
@@ -71,9 +74,10 @@ export class Listener {
     return {
       ...tls,
       name: this.deps.hostname,
-      banner: 'smarthost ESMTP',
+      // smtp-server already writes "<name> ESMTP" before the banner.
+      banner: 'smarthost',
       secure: c.tls?.implicit ?? false,
-      disabledCommands: c.tls ? [] : ['STARTTLS'],
+      disabledCommands: this.#serverDisabledCommands(),
       allowInsecureAuth: c.allowInsecureAuth,
       authMethods: ['PLAIN', 'LOGIN'],
       authOptional: true,
@@ -88,6 +92,11 @@ export class Listener {
       hideREQUIRETLS: true,
       logger: false,
       onConnect: (session, cb) => cb(this.#onConnect(session)),
+      onSecure: (_socket, session, cb) => {
+        // Inside TLS the listener-wide list applies again, so AUTH is offered.
+        delete session.disabledCommands;
+        cb();
+      },
       onClose: (session) => this.#onClose(session),
       onAuth: (auth, session, cb) => {
         this.#onAuth(auth.username ?? '', auth.password ?? '', session).then(
@@ -105,7 +114,41 @@ export class Listener {
     cb(err ? err.forSmtpServer() : null);
   }
 
+  #serverDisabledCommands(): string[] {
+    return this.config.tls ? [] : ['STARTTLS'];
+  }
+
+  /**
+   * smtp-server advertises and accepts AUTH in clear unless STARTTLS is offered and allowInsecureAuth is off,
+   * and even then it lists AUTH before STARTTLS. Without allowInsecureAuth a password may only cross inside
+   * TLS: AUTH is disabled for the session until onSecure (never, when the listener has no TLS).
+   */
+  #restrictAuth(session: SMTPServerSession): void {
+    if (!session.secure && !this.config.allowInsecureAuth) session.disabledCommands = [...this.#serverDisabledCommands(), 'AUTH'];
+  }
+
+  /**
+   * smtp-server strips a source route (<@relay:user@domain>) before onMailFrom/onRcptTo see the address, so
+   * the address policy could never refuse one as documented. Put the route back for this connection's
+   * handlers. Relies on smtp-server's (typed) _parseAddressCommand; the bad-input integration test guards it.
+   */
+  #keepSourceRoutes(session: SMTPServerSession): void {
+    for (const connection of this.server.connections) {
+      if (connection.session !== session) continue;
+      const parse = connection._parseAddressCommand.bind(connection);
+      connection._parseAddressCommand = (name, command) => {
+        const parsed = parse(name, command);
+        const route = SOURCE_ROUTED_PATH.exec(command.toString('latin1'));
+        if (parsed && route) parsed.address = route[1]!;
+        return parsed;
+      };
+      return;
+    }
+  }
+
   #onConnect(session: SMTPServerSession): Error | null {
+    this.#restrictAuth(session);
+    this.#keepSourceRoutes(session);
     const ip = normalizeIp(session.remoteAddress);
     const count = (this.#perIp.get(ip) ?? 0) + 1;
     if (count > this.config.maxConnectionsPerIp) {
@@ -130,11 +173,13 @@ export class Listener {
     if (this.#authGuard.isBlocked(ip)) {
       throw new SmtpError(421, '4.7.0', 'Too many failed authentication attempts, try again later');
     }
+    // Counted as failed before the (slow, scrypt) check, so attempts in parallel cannot outrun the limit.
+    this.#authGuard.recordFailure(ip);
     if (await this.deps.users.authenticate(username, password)) {
+      this.#authGuard.forgive(ip);
       this.deps.log.info({ event: 'smtp.auth', listener: this.config.name, client: ip, user: username }, 'authenticated');
       return username;
     }
-    this.#authGuard.recordFailure(ip);
     this.deps.log.warn({ event: 'smtp.auth_failed', listener: this.config.name, client: ip, user: username }, 'authentication failed');
     throw new SmtpError(535, '5.7.8', 'Authentication credentials invalid');
   }

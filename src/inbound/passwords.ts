@@ -20,16 +20,28 @@ export async function hashPassword(password: string): Promise<string> {
   return `$scrypt$ln=${ln},r=${r},p=${p}$${salt.toString('base64').replace(/=+$/, '')}$${key.toString('base64').replace(/=+$/, '')}`;
 }
 
+/** Cost parameters scrypt can run with: N = 2^ln > 1 and at most 1 GiB of memory (128·N·r bytes). */
+function parse(hash: string): { cost: { ln: number; r: number; p: number }; salt: Buffer; key: Buffer } | undefined {
+  const m = FORMAT.exec(hash);
+  if (!m) return undefined;
+  const [ln, r, p] = [Number(m[1]), Number(m[2]), Number(m[3])];
+  if (ln < 1 || r < 1 || p < 1 || 128 * 2 ** ln * r > 2 ** 30) return undefined;
+  return { cost: { ln, r, p }, salt: Buffer.from(m[4]!, 'base64'), key: Buffer.from(m[5]!, 'base64') };
+}
+
 export function isPasswordHash(text: string): boolean {
-  return FORMAT.test(text);
+  return parse(text) !== undefined;
 }
 
 /** Constant-time comparison of the derived key; a malformed hash never matches. */
 export async function verifyPassword(password: string, hash: string): Promise<boolean> {
-  const m = FORMAT.exec(hash);
-  if (!m) return false;
-  const [, ln, r, p, salt, key] = m;
-  const expected = Buffer.from(key!, 'base64');
-  const actual = await derive(password, Buffer.from(salt!, 'base64'), { ln: Number(ln), r: Number(r), p: Number(p) });
-  return expected.length === actual.length && timingSafeEqual(expected, actual);
+  const parsed = parse(hash);
+  if (!parsed) return false;
+  let actual: Buffer;
+  try {
+    actual = await derive(password, parsed.salt, parsed.cost);
+  } catch {
+    return false;
+  }
+  return parsed.key.length === actual.length && timingSafeEqual(parsed.key, actual);
 }

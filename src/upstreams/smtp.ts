@@ -1,3 +1,4 @@
+import { isIP } from 'node:net';
 import nodemailer, { type Transporter } from 'nodemailer';
 import type { SmtpUpstreamConfig } from '../config/schema.js';
 import { SmtpError, toSmtpError } from '../smtp-error.js';
@@ -8,6 +9,9 @@ const DEFAULT_PORT = { none: 25, starttls: 587, tls: 465 } as const;
 interface RejectedError {
   recipient?: string;
 }
+
+/** nodemailer's `command` for failures while setting up the session, before any message is named. */
+const SESSION_COMMAND = /^(CONN|EHLO|HELO|LHLO|STARTTLS|AUTH)\b/;
 
 /**
  * Any SMTP server, through a pool of nodemailer connections. The spooled message is sent byte for byte
@@ -30,7 +34,8 @@ export class SmtpUpstream implements Upstream {
       requireTLS: config.security === 'starttls',
       ignoreTLS: config.security === 'none',
       name: config.ehloName ?? hostname,
-      tls: { rejectUnauthorized: config.verifyCertificate, servername: config.host },
+      // SNI carries host names only (RFC 6066); for an IP address the certificate is checked against the address.
+      tls: { rejectUnauthorized: config.verifyCertificate, ...(isIP(config.host) ? {} : { servername: config.host }) },
       connectionTimeout: config.timeout,
       greetingTimeout: config.timeout,
       socketTimeout: config.timeout,
@@ -48,7 +53,7 @@ export class SmtpUpstream implements Upstream {
     } catch (err) {
       const rejected = (err as { rejectedErrors?: RejectedError[] }).rejectedErrors;
       if (rejected?.length) return this.#perRecipient(request, rejected, '', toSmtpError(err));
-      throw toSmtpError(err);
+      throw classify(err);
     }
     return this.#perRecipient(request, info.rejectedErrors ?? [], info.response ?? '250 OK');
   }
@@ -61,7 +66,22 @@ export class SmtpUpstream implements Upstream {
     });
   }
 
+  /**
+   * Called when the daemon stops, after deliveries had their shutdown timeout: a connection still busy
+   * (a stalled upstream) is cut too, its message fails temporarily and stays queued, and the process can exit.
+   */
   async close(): Promise<void> {
-    this.#transport.close();
+    this.#transport.close({ force: true });
   }
+}
+
+/**
+ * A refused greeting, EHLO, STARTTLS or AUTH is about our link to the upstream, not about this message:
+ * it is deferred like Postfix does (TLS required but not offered, soft-bounced SASL failures), never bounced.
+ */
+function classify(err: unknown): SmtpError {
+  const error = toSmtpError(err);
+  const command = (err as { command?: unknown } | null)?.command;
+  if (error.temporary || typeof command !== 'string' || !SESSION_COMMAND.test(command)) return error;
+  return new SmtpError(451, `4${error.enhanced.slice(1)}`, `${command} refused by upstream: ${error.code} ${error.message}`, { cause: err });
 }
