@@ -3,7 +3,6 @@ import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { ConfigError, configPath, loadConfig } from './config/load.js';
-import { Daemon } from './daemon.js';
 import { hashPassword } from './inbound/passwords.js';
 import { createLogger } from './log.js';
 
@@ -26,19 +25,30 @@ function version(): string {
 }
 
 async function main(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    allowPositionals: true,
-    options: { config: { type: 'string' }, help: { type: 'boolean' }, version: { type: 'boolean' } },
-  });
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: { config: { type: 'string' }, help: { type: 'boolean' }, version: { type: 'boolean' } },
+    });
+  } catch (err) {
+    console.error(`smarthost: ${(err as Error).message}\n\n${USAGE}`);
+    return 2;
+  }
+  const { values, positionals } = parsed;
   if (values.version) {
     console.log(version());
     return 0;
   }
   const [command, ...rest] = positionals;
-  if (values.help || !command) {
+  if (values.help) {
     console.log(USAGE);
-    return values.help ? 0 : 2;
+    return 0;
+  }
+  if (!command) {
+    console.error(USAGE);
+    return 2;
   }
   switch (command) {
     case 'start':
@@ -71,6 +81,8 @@ async function start(path: string): Promise<number> {
     process.once('SIGINT', () => stop('SIGINT'));
   });
   log.info({ event: 'starting', version: version(), config: path }, 'starting smarthost');
+  // Loaded here so that the short commands do not pay for the SMTP stack.
+  const { Daemon } = await import('./daemon.js');
   const daemon = await Daemon.start(config, log);
   await signalled;
   await daemon.stop();

@@ -112,7 +112,8 @@ function deliveryStatus(mta: string, input: DsnInput): string {
   ];
   for (const f of input.failed) {
     const rcpt = oneLine(f.recipient);
-    lines.push('', `Final-Recipient: rfc822; ${rcpt}`, `Original-Recipient: rfc822; ${rcpt}`, 'Action: failed');
+    // No Original-Recipient: RFC 3464 takes it from an ORCPT parameter, which smarthost does not offer.
+    lines.push('', `Final-Recipient: rfc822; ${rcpt}`, 'Action: failed');
     lines.push(`Status: ${ENHANCED_STATUS.test(f.status) ? f.status : '5.0.0'}`);
     if (f.remoteMta) lines.push(`Remote-MTA: dns; ${oneLine(f.remoteMta)}`);
     lines.push(`Diagnostic-Code: smtp; ${oneLine(f.diagnostic)}`);

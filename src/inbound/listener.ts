@@ -42,7 +42,10 @@ export class Listener {
     this.#networks = new NetworkList(config.role === 'relay' ? config.networks : []);
     this.#authGuard = new AuthFailureGuard(config.maxAuthFailures, config.authFailureWindow);
     this.server = new SMTPServer(this.#options());
-    this.server.on('error', (err) => deps.log.warn({ event: 'smtp.error', listener: config.name, err }, 'SMTP connection error'));
+    this.server.on('error', (err) => {
+      // Before listening, the error is a failed bind, which listen() reports itself.
+      if (this.server.server.listening) deps.log.warn({ event: 'smtp.error', listener: config.name, err }, 'SMTP connection error');
+    });
   }
 
   listen(): Promise<void> {
