@@ -1,11 +1,11 @@
 import type { Config } from './config/schema.js';
 import { Bouncer } from './delivery/bounce.js';
 import { systemClock, type Clock } from './delivery/clock.js';
+import { createPlanner } from './delivery/planner.js';
 import { DeliveryScheduler } from './delivery/scheduler.js';
 import { Listener } from './inbound/listener.js';
 import { LocalUsers } from './inbound/users.js';
 import type { Logger } from './log.js';
-import { routeRecipient } from './routing/route.js';
 import { Spool } from './spool/spool.js';
 import { createUpstreams } from './upstreams/index.js';
 
@@ -32,7 +32,7 @@ export class Daemon {
     scheduler = new DeliveryScheduler({
       spool,
       upstreams,
-      route: (message, recipient) => routeRecipient(config, message, recipient),
+      planner: createPlanner(config, spool),
       bouncer,
       retry: config.delivery.retry,
       maxConcurrency: config.delivery.maxConcurrency,
@@ -48,7 +48,7 @@ export class Daemon {
     log.info({ event: 'spool.recovered', messages: recovered.records.length }, 'queue loaded');
 
     const users = new LocalUsers(config.users);
-    const listeners = config.listeners.map((l) => new Listener(l, { hostname: config.hostname, spool, users, accept: (r) => scheduler!.add(r), log }));
+    const listeners = config.listeners.map((l) => new Listener(l, { hostname: config.hostname, spool, users, accept: (r) => scheduler!.add(r), log, policy: config }));
     for (const l of listeners) warnAboutListener(l, log);
     try {
       for (const l of listeners) await l.listen();

@@ -2,6 +2,7 @@ import { hostname as osHostname } from 'node:os';
 import { z } from 'zod';
 import { isPasswordHash } from '../inbound/passwords.js';
 import { parseCidr } from '../policy/networks.js';
+import { patternProblem } from '../routing/address-pattern.js';
 import { secret } from './secret.js';
 import { byteSize, duration, intBetween, port } from './units.js';
 
@@ -11,6 +12,22 @@ const name = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/, {
 
 const cidr = z.string().refine((v) => parseCidr(v) !== undefined, {
   error: 'expected an IPv4 or IPv6 network such as 192.168.1.0/24 or 2001:db8::/32',
+});
+
+/** An address pattern (see src/routing/address-pattern.ts): address, @domain, wildcard or /regex/. */
+const addressPattern = z.string().superRefine((v, ctx) => {
+  const problem = patternProblem(v);
+  if (problem) ctx.addIssue({ code: 'custom', message: problem, input: v });
+});
+/** One pattern or a list of them; a list matches when any pattern does. */
+const addressPatterns = z.union([addressPattern, z.array(addressPattern).min(1)]).transform((v) => (typeof v === 'string' ? [v] : v));
+const names = z.union([name, z.array(name).min(1)]).transform((v) => (typeof v === 'string' ? [v] : v));
+const cidrs = z.union([cidr, z.array(cidr).min(1)]).transform((v) => (typeof v === 'string' ? [v] : v));
+const address = z.string().regex(/^[^@\s<>]+@[^@\s<>]+$/, { error: 'expected an e-mail address such as scans@contoso.com' });
+
+const testMode = z.strictObject({
+  /** Every recipient is replaced by this address; the original ones are listed in a header. */
+  to: address,
 });
 
 const tlsVersion = z.enum(['TLSv1', 'TLSv1.1', 'TLSv1.2', 'TLSv1.3']);
@@ -41,6 +58,8 @@ const listener = z.strictObject({
   /** Failed AUTH attempts per client address within authFailureWindow before AUTH is refused. */
   maxAuthFailures: intBetween(1, 1000).default(5),
   authFailureWindow: duration.prefault('10m'),
+  /** Upstream for mail from this listener that no route rule claims (beats routing.default). */
+  upstream: name.optional(),
   /** Idle time allowed between commands and between data chunks. */
   socketTimeout: duration.prefault('5m'),
 });
@@ -48,6 +67,12 @@ const listener = z.strictObject({
 const user = z
   .strictObject({
     name: z.string().min(1),
+    /** Senders this user may use in MAIL FROM (and after rewriting); unset means any. */
+    allowedSenders: addressPatterns.optional(),
+    /** The user's own upstream: beats the route rules (user settings beat admin settings). */
+    upstream: name.optional(),
+    /** One central sender address for everything this user sends (envelope and header From). */
+    sender: address.optional(),
     passwordHash: z.string().refine(isPasswordHash, {
       error: 'expected a hash printed by "smarthost hash-password" ($scrypt$ln=...)',
     }),
@@ -83,6 +108,44 @@ const upstream = z.discriminatedUnion('type', [outboxUpstream, smtpUpstream], {
   error: 'expected "type" to be one of: outbox, smtp',
 });
 
+const route = z.strictObject({
+  name,
+  /** Every criterion given must match (and); within a list, any entry may (or). An empty match catches all. */
+  match: z
+    .strictObject({
+      sender: addressPatterns.optional(),
+      headerFrom: addressPatterns.optional(),
+      recipient: addressPatterns.optional(),
+      user: names.optional(),
+      network: cidrs.optional(),
+      listener: names.optional(),
+    })
+    .prefault({}),
+  upstream: name,
+  /** Force one central sender address (envelope and header From) for everything this route carries. */
+  sender: address.optional(),
+  testMode: testMode.optional(),
+});
+
+const rewriteRule = z.strictObject({
+  /** The sender to rewrite; wildcards and regular expressions capture for $1..$9 in `to`. */
+  match: addressPattern,
+  to: z.string().min(3),
+  /** Which sender is rewritten: the envelope (MAIL FROM), the header From, or both. */
+  apply: z.enum(['both', 'envelope', 'header']).default('both'),
+  /** Display name of the new header From: keep the original's, derive it from the original address, or set one. */
+  displayName: z.union([z.enum(['keep', 'derive']), z.strictObject({ set: z.string() })]).default('keep'),
+  /** Add Reply-To with the original From when the message has none, so answers still reach the device's owner. */
+  replyToOriginal: z.boolean().default(true),
+});
+
+const senderRestriction = z.strictObject({
+  /** Clients from these networks ... */
+  network: cidrs,
+  /** ... may only use these senders. */
+  allowedSenders: addressPatterns,
+});
+
 const retry = z.strictObject({
   /** Postfix's minimal_backoff_time. */
   initialDelay: duration.prefault('5m'),
@@ -103,7 +166,28 @@ export const configSchema = z
     listeners: z.array(listener).min(1, { error: 'expected at least one listener' }),
     users: z.array(user).default([]),
     upstreams: z.record(name, upstream).refine((u) => Object.keys(u).length > 0, { error: 'expected at least one upstream' }),
-    routing: z.strictObject({ default: name }),
+    routing: z
+      .strictObject({
+        /** Ordered rules; the first that matches a recipient picks its upstream. */
+        routes: z.array(route).default([]),
+        /** The upstream for everything no rule matches. */
+        default: name,
+        /** Global test mode: every recipient of every route without its own is replaced by this address. */
+        testMode: testMode.optional(),
+      }),
+    /** Sender alias rules, first match wins (like Postfix's sender_canonical_maps). */
+    rewrite: z.array(rewriteRule).default([]),
+    senderRestrictions: z.array(senderRestriction).default([]),
+    /** Small runtime state (suppression list, limit counters), kept with lowdb. */
+    state: z.strictObject({ dir: z.string().min(1) }).prefault({ dir: './data/state' }),
+    suppression: z
+      .strictObject({
+        /** refuse: 550 5.7.1 at RCPT TO; drop: accept and silently never deliver. */
+        action: z.enum(['refuse', 'drop']).default('refuse'),
+        /** Add recipients that bounce with a permanent mailbox error (5.1.x) to the list. */
+        addHardBounces: z.boolean().default(false),
+      })
+      .prefault({}),
     delivery: z
       .strictObject({
         retry: retry.prefault({}),
@@ -127,6 +211,7 @@ export const configSchema = z
     }
     const seen = new Map<string, number>();
     config.listeners.forEach((l, i) => {
+      if (l.upstream !== undefined) checkUpstream(l.upstream, ['listeners', i, 'upstream']);
       const prev = seen.get(l.name);
       if (prev !== undefined) {
         ctx.addIssue({ code: 'custom', path: ['listeners', i, 'name'], message: `duplicates listeners[${prev}].name`, input: l.name });
@@ -137,7 +222,24 @@ export const configSchema = z
     config.users.forEach((u, i) => {
       if (users.has(u.name)) ctx.addIssue({ code: 'custom', path: ['users', i, 'name'], message: 'duplicate user name', input: u.name });
       users.add(u.name);
+      if (u.upstream !== undefined) checkUpstream(u.upstream, ['users', i, 'upstream']);
     });
+    const routes = new Set<string>();
+    config.routing.routes.forEach((r, i) => {
+      if (routes.has(r.name)) ctx.addIssue({ code: 'custom', path: ['routing', 'routes', i, 'name'], message: 'duplicate route name', input: r.name });
+      routes.add(r.name);
+      checkUpstream(r.upstream, ['routing', 'routes', i, 'upstream']);
+      const listenerNames = new Set(config.listeners.map((l) => l.name));
+      r.match.listener?.forEach((l, j) => {
+        if (!listenerNames.has(l)) ctx.addIssue({ code: 'custom', path: ['routing', 'routes', i, 'match', 'listener', j], message: 'names no listener', input: l });
+      });
+    });
+
+    function checkUpstream(upstream: string, path: (string | number)[]): void {
+      if (!Object.hasOwn(config.upstreams, upstream)) {
+        ctx.addIssue({ code: 'custom', path, message: `names no upstream; defined: ${Object.keys(config.upstreams).join(', ')}`, input: upstream });
+      }
+    }
   });
 
 export type Config = z.output<typeof configSchema>;
@@ -147,3 +249,6 @@ export type UpstreamConfig = Config['upstreams'][string];
 export type SmtpUpstreamConfig = z.output<typeof smtpUpstream>;
 export type OutboxUpstreamConfig = z.output<typeof outboxUpstream>;
 export type RetryConfig = z.output<typeof retry>;
+export type RouteConfig = z.output<typeof route>;
+export type RewriteRule = z.output<typeof rewriteRule>;
+export type TestModeConfig = z.output<typeof testMode>;

@@ -3,18 +3,20 @@ import type { Logger } from '../log.js';
 import { toSmtpError } from '../smtp-error.js';
 import type { Spool } from '../spool/spool.js';
 import { nextDueAt, type MessageRecord } from '../spool/record.js';
+import type { RouteDecision } from '../routing/route.js';
 import type { Upstream } from '../upstreams/upstream.js';
 import type { Bouncer } from './bounce.js';
 import type { Clock } from './clock.js';
 import { DueQueue } from './due-queue.js';
+import type { DeliveryPlanner } from './planner.js';
 import { applyOutcome, completeOutcomes, expire, sameOutcomeForAll } from './outcomes.js';
 import { Semaphore } from './semaphore.js';
 
 export interface SchedulerOptions {
   spool: Spool;
   upstreams: ReadonlyMap<string, { upstream: Upstream; maxConcurrency: number }>;
-  /** Picks the upstream for one recipient of a message (the routing function). */
-  route: (message: MessageRecord, recipient: string) => string;
+  /** Routing and rewriting: which upstream takes each recipient, and what is sent there. */
+  planner: DeliveryPlanner;
   bouncer: Bouncer;
   retry: RetryConfig;
   maxConcurrency: number;
@@ -130,13 +132,17 @@ export class DeliveryScheduler {
   async #attempt(initial: MessageRecord): Promise<void> {
     let record = this.#expireOld(initial);
     const now = this.#o.clock.now();
-    const groups = new Map<string, string[]>();
+    // Recipients split by route, as Postfix splits by destination: one delivery per route decision.
+    const groups = new Map<string, { decision: RouteDecision; recipients: string[] }>();
     for (const r of record.recipients) {
       if (r.status !== 'pending' || r.nextAttemptAt > now) continue;
-      const upstream = this.#o.route(record, r.address);
-      groups.set(upstream, [...(groups.get(upstream) ?? []), r.address]);
+      const decision = this.#o.planner.route(record, r.address);
+      const key = `${decision.via}\0${decision.upstream}`;
+      const group = groups.get(key) ?? { decision, recipients: [] };
+      group.recipients.push(r.address);
+      groups.set(key, group);
     }
-    const results = await Promise.all([...groups].map(([name, recipients]) => this.#deliverGroup(record, name, recipients)));
+    const results = await Promise.all([...groups.values()].map((g) => this.#deliverGroup(record, g.decision, g.recipients)));
     const changed = new Map(results.flat().map((s) => [s.address, s]));
     // Nothing attempted and no DSN owed (e.g. one recovered from a crash before it was sent): only reschedule.
     // Returning here while a DSN is owed would leave the message due at 0 and re-attempt it forever.
@@ -156,23 +162,24 @@ export class DeliveryScheduler {
     this.#records.set(record.id, record);
   }
 
-  async #deliverGroup(record: MessageRecord, name: string, recipients: string[]) {
+  async #deliverGroup(record: MessageRecord, decision: RouteDecision, recipients: string[]) {
+    const name = decision.upstream;
     const configured = this.#o.upstreams.get(name);
+    const prepared = this.#o.planner.prepare(record, decision, recipients);
+    this.#o.log.info(
+      { event: 'routed', queueId: record.id, via: decision.via, upstream: name, recipients, sender: prepared.request.sender, ...(decision.testMode ? { testModeTo: decision.testMode.to } : {}) },
+      'recipients routed',
+    );
+    if (prepared.rewrittenSender !== undefined) {
+      this.#o.log.info({ event: 'rewritten', queueId: record.id, via: decision.via, sender: record.sender, rewrittenSender: prepared.rewrittenSender }, 'sender rewritten');
+    }
     const started = this.#o.clock.now();
     const release = await (this.#slots.get(name) ?? new Semaphore(1)).acquire();
     let outcomes;
     try {
       if (!configured) throw new Error(`route names unknown upstream "${name}"`);
-      outcomes = completeOutcomes(
-        recipients,
-        await configured.upstream.deliver({
-          queueId: record.id,
-          sender: record.sender,
-          recipients,
-          size: record.size,
-          openMessage: () => this.#o.spool.openBody(record.id),
-        }),
-      );
+      const delivered = completeOutcomes(prepared.request.recipients, await configured.upstream.deliver(prepared.request));
+      outcomes = prepared.expand(delivered);
     } catch (err) {
       outcomes = sameOutcomeForAll(recipients, toSmtpError(err));
     } finally {

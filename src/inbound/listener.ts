@@ -3,7 +3,10 @@ import type { Readable } from 'node:stream';
 import { SMTPServer, type SMTPServerAddress, type SMTPServerDataStream, type SMTPServerOptions, type SMTPServerSession } from 'smtp-server';
 import type { ListenerConfig } from '../config/schema.js';
 import type { Logger } from '../log.js';
+import type { Config } from '../config/schema.js';
 import { checkEnvelopeAddress } from '../policy/address-policy.js';
+import { checkSenderAllowed } from '../policy/sender-policy.js';
+import { fieldValue, parseMailboxes, splitHeaderFields } from '../rewrite/header-block.js';
 import { NetworkList, normalizeIp } from '../policy/networks.js';
 import { SmtpError, toSmtpError } from '../smtp-error.js';
 import { newQueueId } from '../spool/queue-id.js';
@@ -20,6 +23,15 @@ export interface ListenerDeps {
   /** Hands a durably spooled message to delivery. */
   accept: (record: MessageRecord) => void;
   log: Logger;
+  /** Sender restrictions and the alias rules they must also hold for. */
+  policy: Pick<Config, 'users' | 'senderRestrictions' | 'rewrite'>;
+}
+
+function headerFromAddresses(block: Buffer | undefined): string[] {
+  if (!block) return [];
+  return splitHeaderFields(block)
+    .filter((f) => f.name === 'from')
+    .flatMap((f) => parseMailboxes(fieldValue(f)).map((m) => m.address));
 }
 
 type Callback = (err?: Error | null) => void;
@@ -196,7 +208,14 @@ export class Listener {
       );
       return new SmtpError(530, '5.7.0', 'Authentication required');
     }
-    return checkEnvelopeAddress(address.address, 'sender');
+    return (
+      checkEnvelopeAddress(address.address, 'sender') ??
+      checkSenderAllowed(this.deps.policy, {
+        sender: address.address,
+        ...(typeof session.user === 'string' ? { user: session.user } : {}),
+        clientAddress: normalizeIp(session.remoteAddress),
+      })
+    );
   }
 
   #onData(stream: SMTPServerDataStream, session: SMTPServerSession, cb: (err?: Error | null, message?: string) => void): void {
@@ -227,6 +246,8 @@ export class Listener {
       .store(message as Readable, record, (r) => {
         r.size = message.bytesOut;
         if (message.messageId) r.messageId = message.messageId;
+        const from = headerFromAddresses(message.headerBlock);
+        if (from.length > 0) r.headerFrom = from;
       })
       .then(
         (stored) => {

@@ -25,6 +25,8 @@ const messageRecord = z.strictObject({
   receivedAt: z.number(),
   size: z.int().nonnegative(),
   messageId: z.string().optional(),
+  /** Addresses in the header From, for routes that match on it. */
+  headerFrom: z.array(z.string()).optional(),
   client: z.strictObject({
     address: z.string(),
     hostname: z.string().optional(),

@@ -7,6 +7,7 @@ import { Readable, Writable } from 'node:stream';
 import type { RetryConfig } from '../../src/config/schema.js';
 import { Bouncer } from '../../src/delivery/bounce.js';
 import type { Clock } from '../../src/delivery/clock.js';
+import { createPlanner } from '../../src/delivery/planner.js';
 import { DeliveryScheduler } from '../../src/delivery/scheduler.js';
 import { createLogger } from '../../src/log.js';
 import { SmtpError } from '../../src/smtp-error.js';
@@ -208,7 +209,7 @@ async function harness(t: TestContext, o: HarnessOptions = {}): Promise<Harness>
   scheduler = new DeliveryScheduler({
     spool,
     upstreams: new Map([['fake', { upstream, maxConcurrency: o.upstreamConcurrency ?? 4 }]]),
-    route: () => 'fake',
+    planner: createPlanner({ routing: { routes: [], default: 'fake' }, users: [], listeners: [], rewrite: [] }, spool),
     bouncer,
     retry: { ...POSTFIX_RETRY, ...o.retry },
     maxConcurrency: o.maxConcurrency ?? 10,
