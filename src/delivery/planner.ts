@@ -35,7 +35,9 @@ export function createPlanner(config: Pick<Config, 'routing' | 'users' | 'listen
       }).decision,
 
     prepare(message, decision, recipients) {
-      const options = { rules: config.rewrite, ...(decision.forcedSender ? { forcedSender: decision.forcedSender } : {}) };
+      // A bounce (null sender) is never rewritten; in test mode it still gets the original-recipients header.
+      const bounce = message.sender === '';
+      const options = bounce ? { rules: [] } : { rules: config.rewrite, ...(decision.forcedSender ? { forcedSender: decision.forcedSender } : {}) };
       const sender = rewriteEnvelopeSender(message.sender, options).address;
       const testMode = decision.testMode;
       const edits: HeaderEdits = {
@@ -43,8 +45,8 @@ export function createPlanner(config: Pick<Config, 'routing' | 'users' | 'listen
         envelope: { original: message.sender, rewritten: sender },
         ...(testMode ? { originalRecipients: recipients } : {}),
       };
-      // Messages smarthost wrote itself (bounces) and mail no rule touches go out exactly as stored.
-      const untouched = message.sender === '' || (config.rewrite.length === 0 && !decision.forcedSender && !testMode);
+      // Outside test mode, messages smarthost wrote itself (bounces) and mail no rule touches go out exactly as stored.
+      const untouched = !testMode && (bounce || (config.rewrite.length === 0 && !decision.forcedSender));
       const request: DeliveryRequest = {
         queueId: message.id,
         sender,

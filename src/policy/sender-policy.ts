@@ -32,6 +32,26 @@ export function checkSenderAllowed(config: PolicyConfig, input: { sender: string
   return undefined;
 }
 
+/**
+ * The header From counterpart of checkSenderAllowed, for the end of DATA (the header is unknown at MAIL
+ * FROM): every address a header alias rule would turn a From mailbox into must be allowed for the client,
+ * else rewriting the From (apply: header or both) would still let it appear as a forbidden address.
+ * Mailboxes no rule rewrites are not checked, as restrictions are about the envelope sender. 550 5.7.1.
+ */
+export function checkHeaderFromAllowed(
+  config: PolicyConfig,
+  input: { headerFrom: readonly string[]; user?: string; clientAddress: string },
+): SmtpError | undefined {
+  for (const from of input.headerFrom) {
+    const rule = config.rewrite.find((r) => r.apply !== 'envelope' && matchAddress(r.match, from).matched);
+    if (!rule) continue;
+    const target = expandTarget(rule.to, matchAddress(rule.match, from).captures);
+    const refused = checkSenderAllowed({ ...config, rewrite: [] }, { ...input, sender: target });
+    if (refused) return new SmtpError(550, '5.7.1', `Header From <${from}> (rewritten to <${target}>) ${refused.message.replace(/^Sender <[^>]*> /, '')}`);
+  }
+  return undefined;
+}
+
 function aliasTargets(config: PolicyConfig, sender: string): string[] {
   if (sender === '') return [];
   const targets = new Set<string>();

@@ -69,7 +69,11 @@ export function formatMailbox(m: Mailbox): string {
   return `${name} <${m.address}>`;
 }
 
-/** A header field, folded at white space so no line exceeds the recommended 78 characters where possible. */
+/**
+ * A header field, folded at white space so no line exceeds the recommended 78 characters where possible.
+ * The white space goes to the start of the continuation line (afterSpace false): a line that starts with
+ * anything else would begin a new field and cut the address off the From.
+ */
 export function formatField(name: string, value: string): Buffer {
-  return Buffer.from(`${libmime.foldLines(`${name}: ${value}`, 76, true).replace(/\r?\n/g, '\r\n')}\r\n`, 'utf8');
+  return Buffer.from(`${libmime.foldLines(`${name}: ${value}`, 76, false).replace(/\r?\n/g, '\r\n')}\r\n`, 'utf8');
 }

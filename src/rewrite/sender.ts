@@ -96,7 +96,8 @@ export function editHeaderBlock(block: Buffer, edits: HeaderEdits): Buffer {
   const out: Buffer[] = [...added];
   let placed = false;
   for (const f of fields) {
-    if (f.name !== 'from') out.push(f.raw);
+    // From fields are dropped only when there is a replacement; otherwise (envelope-only or test-mode edits) they stay.
+    if (f.name !== 'from' || replacement.length === 0) out.push(f.raw);
     else if (!placed) (out.push(...replacement), (placed = true));
   }
   if (!placed) out.push(...replacement);

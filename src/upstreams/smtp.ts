@@ -1,4 +1,5 @@
 import { isIP } from 'node:net';
+import { domainToASCII } from 'node:url';
 import nodemailer, { type Transporter } from 'nodemailer';
 import type { SmtpUpstreamConfig } from '../config/schema.js';
 import { SmtpError, toSmtpError } from '../smtp-error.js';
@@ -44,7 +45,7 @@ export class SmtpUpstream implements Upstream {
   }
 
   async deliver(request: DeliveryRequest): Promise<RecipientOutcome[]> {
-    let info: { accepted?: unknown[]; rejectedErrors?: RejectedError[]; response?: string };
+    let info: { accepted?: string[]; rejectedErrors?: RejectedError[]; response?: string };
     try {
       info = await this.#transport.sendMail({
         envelope: { from: request.sender, to: [...request.recipients] },
@@ -52,17 +53,25 @@ export class SmtpUpstream implements Upstream {
       });
     } catch (err) {
       const rejected = (err as { rejectedErrors?: RejectedError[] }).rejectedErrors;
-      if (rejected?.length) return this.#perRecipient(request, rejected, '', toSmtpError(err));
+      if (rejected?.length) return this.#perRecipient(request, rejected, [], '', toSmtpError(err));
       throw classify(err);
     }
-    return this.#perRecipient(request, info.rejectedErrors ?? [], info.response ?? '250 OK');
+    return this.#perRecipient(request, info.rejectedErrors ?? [], info.accepted ?? [], info.response ?? '250 OK');
   }
 
-  #perRecipient(request: DeliveryRequest, rejected: RejectedError[], reply: string, otherwise?: SmtpError): RecipientOutcome[] {
-    const errors = new Map(rejected.map((e) => [e.recipient, toSmtpError(e)]));
+  /**
+   * nodemailer names recipients as it sent them, with the domain lower-cased and punycoded: they are matched
+   * in that form. A recipient is delivered only when the upstream accepted it; one it named neither way
+   * stays queued (a temporary failure), never counted as delivered.
+   */
+  #perRecipient(request: DeliveryRequest, rejected: RejectedError[], accepted: string[], reply: string, otherwise?: SmtpError): RecipientOutcome[] {
+    const errors = new Map(rejected.map((e) => [wireForm(e.recipient ?? ''), toSmtpError(e)]));
+    const ok = new Set(accepted.map(wireForm));
     return request.recipients.map((recipient) => {
-      const error = errors.get(recipient) ?? otherwise;
-      return error ? { recipient, delivered: false, error } : { recipient, delivered: true, reply };
+      const error = errors.get(wireForm(recipient)) ?? otherwise;
+      if (error) return { recipient, delivered: false, error };
+      if (ok.has(wireForm(recipient))) return { recipient, delivered: true, reply };
+      return { recipient, delivered: false, error: new SmtpError(451, '4.3.0', 'upstream client reported no result for this recipient') };
     });
   }
 
@@ -73,6 +82,14 @@ export class SmtpUpstream implements Upstream {
   async close(): Promise<void> {
     this.#transport.close({ force: true });
   }
+}
+
+/** An address as nodemailer puts it on the wire: the domain in lower-case ASCII (punycode), the local part as is. */
+function wireForm(address: string): string {
+  const at = address.lastIndexOf('@');
+  if (at < 0) return address;
+  const domain = address.slice(at + 1);
+  return `${address.slice(0, at)}@${domainToASCII(domain) || domain.toLowerCase()}`;
 }
 
 /**

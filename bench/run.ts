@@ -1,0 +1,419 @@
+/**
+ * `npm run bench`: smarthost against Postfix on this machine, same sink, same load, loopback only.
+ *
+ *   npm run bench -- [--scenario a|b|c|d|e]... [--all] [--scale F] [--sink smtp-sink|node]
+ *                    [--no-postfix] [--cpu-prof] [--keep]
+ *
+ * Every load runs on a freshly started server with an empty queue (smarthost and Postfix alike), so no
+ * system is measured warm against a cold one and per-load CPU and memory need no subtraction of earlier
+ * loads. One sink serves the whole run; each load waits for its own messages at the sink.
+ */
+import { chmodSync, rmSync } from 'node:fs';
+import { mkdir, readdir, rm } from 'node:fs/promises';
+import { cpus, loadavg } from 'node:os';
+import { dirname, join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import type { LoadResult } from './load.js';
+import { ensurePostfix, PostfixInstance } from './postfix.js';
+import { findProgram, freePort, installCleanup, now, onExit, runSync, spawnTracked, waitForExit, type ResourceUsage } from './process.js';
+import { formatProfile, summarizeProfile } from './profile.js';
+import { formatTable, mb, num, ratio, type Row } from './report.js';
+import { Sink, type SinkKind } from './sink.js';
+import { SmarthostProcess } from './smarthost.js';
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const LOAD = fileURLToPath(new URL('./load.js', import.meta.url));
+const KiB = 1024;
+const MiB = 1024 * KiB;
+
+type Generator = 'node' | 'smtp-source';
+type System = 'smarthost' | 'postfix';
+
+interface LoadSpec {
+  sessions: number;
+  messages: number;
+  size: number;
+}
+
+interface LoadScenario {
+  kind: 'load';
+  title: string;
+  spec: LoadSpec;
+  /** Fewest messages after scaling: (b) keeps one message per session so 200 sessions stay concurrent. */
+  minMessages: number;
+  /** (d): --scale shrinks the message rather than the count. */
+  scaleSize?: boolean;
+  compare: boolean;
+  generators: Generator[];
+}
+
+interface RestartScenario {
+  kind: 'restart';
+  title: string;
+  queued: number;
+}
+
+const SCENARIOS: Record<string, LoadScenario | RestartScenario> = {
+  a: { kind: 'load', title: 'small messages', spec: { sessions: 20, messages: 5000, size: 4 * KiB }, minMessages: 20, compare: true, generators: ['node', 'smtp-source'] },
+  b: { kind: 'load', title: 'many concurrent sessions', spec: { sessions: 200, messages: 2000, size: 4 * KiB }, minMessages: 200, compare: true, generators: ['node', 'smtp-source'] },
+  c: { kind: 'load', title: 'large messages', spec: { sessions: 10, messages: 200, size: MiB }, minMessages: 10, compare: true, generators: ['node', 'smtp-source'] },
+  d: { kind: 'load', title: 'one very large message', spec: { sessions: 1, messages: 1, size: 100 * MiB }, minMessages: 1, scaleSize: true, compare: false, generators: ['node'] },
+  e: { kind: 'restart', title: 'restart with a full queue', queued: 10_000 },
+};
+
+/** Retry delay of the instance that fills the queue for (e); the restart waits it out so every message is due. */
+const FILL_RETRY_SECONDS = 20;
+
+interface Context {
+  runDir: string;
+  sink: Sink;
+  scale: number;
+  postfix: { ok: true } | { ok: false; reason: string };
+  smtpSource: string | undefined;
+  profileDir: string | undefined;
+  keep: boolean;
+}
+
+interface Measurement {
+  system: System;
+  generator: Generator;
+  spec: LoadSpec;
+  acknowledged: number;
+  /** Messages per second from the first connection to the last message counted at the sink. */
+  endToEnd?: number;
+  /** Messages per second from the first connection to the last 250 the client saw. */
+  accept?: number;
+  latency?: LoadResult['latencyMs'];
+  cpuSeconds?: number;
+  peakMemBytes?: number;
+  idleMemBytes?: number;
+  notes: string[];
+}
+
+/** What run.ts needs from smarthost and Postfix alike. */
+interface ServerUnderTest {
+  port: number;
+  markIdle(): void;
+  usage(): ResourceUsage;
+  stop(): Promise<void>;
+  /** The end of its log, for error reports. */
+  diagnostics(): string;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Load generators.
+
+interface Drive {
+  startedAt: number;
+  finishedAt: number;
+  acknowledged: number;
+  latency?: LoadResult['latencyMs'];
+  errors: string[];
+}
+
+/** Bounds every wait on a load: a generous floor plus time per message and per byte. */
+function loadTimeoutMs(spec: LoadSpec): number {
+  return 120_000 + spec.messages * 50 + (spec.messages * spec.size) / (2 * MiB) * 1000;
+}
+
+async function drive(generator: Generator, port: number, spec: LoadSpec, ctx: Context): Promise<Drive> {
+  const timeout = loadTimeoutMs(spec);
+  if (generator === 'node') {
+    const args = ['--port', String(port), '--sessions', String(spec.sessions), '--messages', String(spec.messages), '--size', String(spec.size)];
+    const child = spawnTracked(process.execPath, [LOAD, ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
+    const code = await waitForExit(child, timeout, 'node load generator');
+    if (code !== 0) throw new Error(`node load generator exited with ${code}`);
+    const r = JSON.parse(out) as LoadResult;
+    const errors = [...r.errors];
+    if (r.failedSessions > 0) errors.unshift(`${r.failedSessions} session(s) failed`);
+    if (r.rejected > 0) errors.unshift(`${r.rejected} message(s) refused`);
+    return { startedAt: r.startedAt, finishedAt: r.finishedAt, acknowledged: r.acknowledged, latency: r.latencyMs, errors };
+  }
+  // smtp-source: -d keeps each session open for several messages, like our generator; -l is the body size.
+  const args = ['-d', '-s', String(spec.sessions), '-m', String(spec.messages), '-l', String(spec.size)];
+  args.push('-f', 'from@bench.test', '-t', 'to@bench.test', '-M', 'bench-client.test', `127.0.0.1:${port}`);
+  const startedAt = now();
+  const child = spawnTracked(ctx.smtpSource!, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
+  const code = await waitForExit(child, timeout, 'smtp-source');
+  const finishedAt = now();
+  // smtp-source stops at the first refusal, so exit status 0 means every message got its 250.
+  if (code !== 0) throw new Error(`smtp-source exited with ${code}: ${err.trim().split('\n').slice(-3).join(' / ')}`);
+  return { startedAt, finishedAt, acknowledged: spec.messages, errors: [] };
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Systems under test.
+
+async function startServer(system: System, dir: string, ctx: Context, profileName: string): Promise<ServerUnderTest> {
+  if (system === 'postfix') return PostfixInstance.start(dir, ctx.sink.port);
+  const cpuProfile = ctx.profileDir ? { dir: ctx.profileDir, name: profileName } : undefined;
+  return SmarthostProcess.start({ dir, upstreamPort: ctx.sink.port, ...(cpuProfile ? { cpuProfile } : {}) });
+}
+
+/** One load against one freshly started system: start, settle, drive, wait for the sink, read usage, stop. */
+async function measure(id: string, system: System, generator: Generator, spec: LoadSpec, ctx: Context): Promise<Measurement> {
+  const name = `${id}-${generator}-${system}`;
+  const dir = join(ctx.runDir, name);
+  const m: Measurement = { system, generator, spec, acknowledged: 0, notes: [] };
+  let server: ServerUnderTest;
+  try {
+    server = await startServer(system, dir, ctx, name);
+  } catch (err) {
+    m.notes.push(`could not start: ${(err as Error).message}`);
+    return m;
+  }
+  try {
+    // Let start-up work (module loading, first timers, Postfix's first daemons) finish before the idle reading.
+    await sleep(500);
+    server.markIdle();
+    const base = ctx.sink.count;
+    const d = await drive(generator, server.port, spec, ctx);
+    m.acknowledged = d.acknowledged;
+    m.notes.push(...d.errors);
+    if (d.acknowledged > 0) {
+      const lastAt = await ctx.sink.waitForCount(base + d.acknowledged, loadTimeoutMs(spec));
+      m.endToEnd = d.acknowledged / ((lastAt - d.startedAt) / 1000);
+      m.accept = d.acknowledged / ((d.finishedAt - d.startedAt) / 1000);
+    }
+    if (d.latency) m.latency = d.latency;
+    const usage = server.usage();
+    m.cpuSeconds = usage.cpuSeconds;
+    m.peakMemBytes = usage.peakMemBytes;
+    if (usage.idleMemBytes !== undefined) m.idleMemBytes = usage.idleMemBytes;
+    // A short look for anything delivered twice.
+    await sleep(200);
+    const extra = ctx.sink.count - base - d.acknowledged;
+    if (extra > 0) m.notes.push(`sink received ${extra} message(s) more than were acknowledged`);
+  } catch (err) {
+    m.notes.push(`${(err as Error).message}\n${server.diagnostics()}`);
+  } finally {
+    await server.stop().catch((err: Error) => m.notes.push(`stop: ${err.message}`));
+    if (!ctx.keep) await rm(dir, { recursive: true, force: true });
+  }
+  return m;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Scenarios.
+
+function scaled(s: LoadScenario, scale: number): LoadSpec {
+  if (s.scaleSize) return { ...s.spec, size: Math.max(64 * KiB, Math.round(s.spec.size * Math.min(1, scale))) };
+  const messages = Math.max(s.minMessages, Math.round(s.spec.messages * scale));
+  return { ...s.spec, messages, sessions: Math.min(s.spec.sessions, messages) };
+}
+
+function describe(spec: LoadSpec): string {
+  const size = spec.size >= MiB ? `${num(spec.size / MiB, spec.size % MiB ? 1 : 0)} MiB` : `${num(spec.size / KiB, 0)} KiB`;
+  return `${spec.messages} message(s) of ${size}, ${spec.sessions} session(s)`;
+}
+
+async function runLoadScenario(id: string, s: LoadScenario, ctx: Context): Promise<string> {
+  const spec = scaled(s, ctx.scale);
+  const compare = s.compare && ctx.postfix.ok;
+  const generators = s.generators.filter((g) => g === 'node' || ctx.smtpSource);
+  const notes: string[] = [];
+  if (!s.compare) notes.push('smarthost only: no Postfix comparison for this scenario');
+  else if (!ctx.postfix.ok) notes.push(`Postfix comparison skipped: ${ctx.postfix.reason}`);
+  if (generators.length < s.generators.length) notes.push('smtp-source not found: Node generator only');
+  const results: Measurement[] = [];
+  for (const generator of generators) {
+    for (const system of compare ? (['smarthost', 'postfix'] as const) : (['smarthost'] as const)) {
+      console.error(`bench: (${id}) ${generator} load on ${system} ...`);
+      const m = await measure(id, system, generator, spec, ctx);
+      results.push(m);
+      for (const n of m.notes) notes.push(`${generator} on ${system}: ${n}`);
+    }
+  }
+  const rows: Row[] = [];
+  for (const generator of generators) {
+    const sh = results.find((r) => r.generator === generator && r.system === 'smarthost');
+    const pf = results.find((r) => r.generator === generator && r.system === 'postfix');
+    const row = (metric: string, pick: (m: Measurement) => number | undefined, fmt: (v: number | undefined) => string) => {
+      const a = sh && pick(sh);
+      const b = pf && pick(pf);
+      rows.push({ group: generator === 'node' ? 'node load' : generator, metric, cells: compare ? [fmt(a), fmt(b), ratio(a, b)] : [fmt(a)] });
+    };
+    if (spec.messages === 1) {
+      // One message: rates per second would read oddly; show its times and the byte rate instead.
+      row('end-to-end s', (m) => m.endToEnd && 1 / m.endToEnd, (v) => num(v, 2));
+      row('end-to-end MB/s', (m) => m.endToEnd && (m.endToEnd * spec.size) / MiB, (v) => num(v));
+      row('accept latency ms (after final dot)', (m) => m.latency?.p50, (v) => num(v));
+    } else {
+      row('end-to-end msg/s', (m) => m.endToEnd, (v) => num(v));
+      row('accept msg/s (client side)', (m) => m.accept, (v) => num(v));
+      if (generator === 'node') {
+        row('accept latency p50 ms', (m) => m.latency?.p50, (v) => num(v));
+        row('accept latency p99 ms', (m) => m.latency?.p99, (v) => num(v));
+      }
+    }
+    const memory = compare ? 'memory MB (see *)' : 'RSS MB';
+    row(`idle ${memory}`, (m) => m.idleMemBytes, mb);
+    row(`peak ${memory}`, (m) => m.peakMemBytes, mb);
+    row(`peak - idle ${memory}`, (m) => m.peakMemBytes && m.idleMemBytes && m.peakMemBytes - m.idleMemBytes, mb);
+    row('CPU s', (m) => m.cpuSeconds, (v) => num(v, 2));
+    row('CPU ms per message', (m) => m.cpuSeconds && (1000 * m.cpuSeconds) / spec.messages, (v) => num(v, 2));
+  }
+  if (compare) {
+    notes.unshift(
+      'peak memory: smarthost = peak RSS of its one process (VmHWM); Postfix = largest sampled sum of PSS over master and daemons',
+      'CPU: smarthost = utime+stime of its process; Postfix = master + all its daemons, exited ones included (cutime)',
+    );
+  }
+  const columns = compare ? ['smarthost', 'postfix', 'smarthost/postfix'] : ['smarthost'];
+  return formatTable(`(${id}) ${s.title}: ${describe(spec)}`, columns, rows, notes);
+}
+
+/**
+ * (e): fill a queue while the upstream is down (a closed port), stop with SIGTERM, then start again pointed
+ * at the sink and time the recovery. The filling instance retries every FILL_RETRY_SECONDS; the restart
+ * waits that long after the stop so every queued message is due, and the clock measures smarthost's own
+ * start-up and drain rather than a backoff timer.
+ */
+async function runRestartScenario(id: string, s: RestartScenario, ctx: Context): Promise<string> {
+  const queued = Math.max(1, Math.round(s.queued * ctx.scale));
+  const spec = { sessions: 20, messages: queued, size: 4 * KiB };
+  const dir = join(ctx.runDir, `${id}-smarthost`);
+  const notes = ['smarthost only: no Postfix comparison for this scenario', `filled with ${describe(spec)} (node load) while the upstream refused connections`];
+  const rows: Row[] = [];
+  const row = (metric: string, value: string) => rows.push({ group: '', metric, cells: [value] });
+  try {
+    console.error(`bench: (${id}) filling the queue with ${queued} messages, upstream down ...`);
+    const fill = await SmarthostProcess.start({
+      dir,
+      upstreamPort: await freePort(),
+      retry: { initialDelay: `${FILL_RETRY_SECONDS}s`, maxDelay: `${FILL_RETRY_SECONDS}s` },
+    });
+    let filled: Drive;
+    try {
+      filled = await drive('node', fill.port, spec, ctx);
+    } finally {
+      await fill.stop();
+    }
+    const stoppedAt = now();
+    notes.push(...filled.errors);
+    const onDisk = (await readdir(join(dir, 'spool', 'queue'))).filter((f) => f.endsWith('.json')).length;
+    if (onDisk !== filled.acknowledged) notes.push(`${filled.acknowledged} acknowledged but ${onDisk} in the queue after SIGTERM`);
+    const waitMs = stoppedAt + FILL_RETRY_SECONDS * 1000 + 500 - now();
+    console.error(`bench: (${id}) ${onDisk} queued; waiting ${Math.ceil(waitMs / 1000)} s until all are due, then restarting ...`);
+    await sleep(Math.max(0, waitMs));
+
+    const base = ctx.sink.count;
+    const timeout = loadTimeoutMs(spec);
+    const cpuProfile = ctx.profileDir ? { dir: ctx.profileDir, name: `${id}-restart-smarthost` } : undefined;
+    const restarted = await SmarthostProcess.start({ dir, upstreamPort: ctx.sink.port, ...(cpuProfile ? { cpuProfile } : {}) });
+    try {
+      const firstAt = await ctx.sink.waitForCount(base + 1, timeout);
+      const drainedAt = await ctx.sink.waitForCount(base + onDisk, timeout);
+      const usage = restarted.usage();
+      const t0 = restarted.spawnedAt;
+      row('queued at restart', String(onDisk));
+      row('fill: accepted msg/s (upstream down)', num(filled.acknowledged / ((filled.finishedAt - filled.startedAt) / 1000)));
+      row('start → first SMTP greeting s', num((restarted.listeningAt - t0) / 1000, 2));
+      row('start → first delivery at sink s', num((firstAt - t0) / 1000, 2));
+      row('start → queue drained at sink s', num((drainedAt - t0) / 1000, 2));
+      row('drain msg/s (first → last delivery)', num(onDisk > 1 ? (onDisk - 1) / ((drainedAt - firstAt) / 1000) : undefined));
+      row('peak RSS MB (since start)', mb(usage.peakMemBytes));
+      row('CPU s (since start)', num(usage.cpuSeconds, 2));
+    } finally {
+      await restarted.stop();
+    }
+    // After the stop, so deliveries whose files were being removed as the sink counted them have finished.
+    const left = (await readdir(join(dir, 'spool', 'queue'))).filter((f) => f.endsWith('.json')).length;
+    if (left > 0) notes.push(`${left} message(s) still queued after the drain and stop`);
+  } catch (err) {
+    notes.push((err as Error).message);
+  } finally {
+    if (!ctx.keep) await rm(dir, { recursive: true, force: true });
+  }
+  return formatTable(`(${id}) ${s.title}: ${queued} messages of 4 KiB queued, then restart`, ['smarthost'], rows, notes);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+
+function options() {
+  const { values } = parseArgs({
+    options: {
+      scenario: { type: 'string', multiple: true, short: 's' },
+      all: { type: 'boolean', default: false },
+      scale: { type: 'string', default: '1' },
+      sink: { type: 'string', default: 'smtp-sink' },
+      'no-postfix': { type: 'boolean', default: false },
+      'cpu-prof': { type: 'boolean', default: false },
+      keep: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+  });
+  if (values.help) {
+    console.log(
+      'usage: npm run bench -- [--scenario a|b|c|d|e]... [--all] [--scale F] [--sink smtp-sink|node] [--no-postfix] [--cpu-prof] [--keep]\n' +
+        Object.entries(SCENARIOS)
+          .map(([id, s]) => `  ${id}  ${s.title}`)
+          .join('\n'),
+    );
+    process.exit(0);
+  }
+  const ids = values.all ? Object.keys(SCENARIOS) : (values.scenario ?? ['a']).flatMap((s) => s.split(','));
+  for (const id of ids) if (!(id in SCENARIOS)) throw new Error(`unknown scenario "${id}"; choose from ${Object.keys(SCENARIOS).join(', ')}`);
+  const scale = Number(values.scale);
+  if (!(scale > 0 && scale <= 10)) throw new Error('--scale must be a number in (0, 10]');
+  if (values.sink !== 'smtp-sink' && values.sink !== 'node') throw new Error('--sink must be smtp-sink or node');
+  return { ids, scale, sink: values.sink as SinkKind, postfix: !values['no-postfix'], cpuProf: values['cpu-prof'], keep: values.keep };
+}
+
+async function main(): Promise<void> {
+  const o = options();
+  installCleanup();
+  const stamp = new Date().toISOString().replace(/[:.]/g, '-');
+  // Under the repository (gitignored .bench/), on the same filesystem for smarthost's spool and Postfix's queue.
+  const runDir = join(ROOT, '.bench', `run-${stamp}`);
+  await mkdir(runDir, { recursive: true });
+  chmodSync(runDir, 0o755); // Postfix's daemons run as user postfix and must reach their queue below here.
+  // Registered first, so it runs last: after any Postfix instance is stopped, even on Ctrl-C.
+  if (!o.keep) onExit(() => rmSync(runDir, { recursive: true, force: true }));
+  const profileDir = o.cpuProf ? join(ROOT, '.bench', `profiles-${stamp}`) : undefined;
+  if (profileDir) await mkdir(profileDir, { recursive: true });
+  const sink = await Sink.start(o.sink);
+  const ctx: Context = {
+    runDir,
+    sink,
+    scale: o.scale,
+    postfix: o.postfix ? ensurePostfix() : { ok: false, reason: 'disabled with --no-postfix' },
+    smtpSource: findProgram('smtp-source'),
+    profileDir,
+    keep: o.keep,
+  };
+  const postfixVersion = ctx.postfix.ok ? runSync(findProgram('postconf')!, ['-dh', 'mail_version'], 10_000).trim() : 'n/a';
+  console.log(
+    `smarthost bench ${new Date().toISOString()}: node ${process.version}, postfix ${postfixVersion}, ${cpus().length} CPU(s) ${cpus()[0]?.model ?? ''}\n` +
+      `sink: ${sink.kind} on 127.0.0.1:${sink.port}; scale ${o.scale}; load average at start ${loadavg().map((l) => l.toFixed(2)).join(' ')}\n` +
+      `work directory: ${runDir}${o.keep ? ' (kept)' : ''}\n`,
+  );
+  try {
+    for (const id of o.ids) {
+      const s = SCENARIOS[id]!;
+      const table = s.kind === 'load' ? await runLoadScenario(id, s, ctx) : await runRestartScenario(id, s, ctx);
+      console.log(`${table}\n`);
+    }
+  } finally {
+    await sink.stop();
+    if (!o.keep) await rm(runDir, { recursive: true, force: true });
+  }
+  console.log(`load average at end: ${loadavg().map((l) => l.toFixed(2)).join(' ')} (1, 5, 15 min; a busy machine lowers every figure)`);
+  if (profileDir) {
+    for (const file of (await readdir(profileDir)).filter((f) => f.endsWith('.cpuprofile')).sort()) {
+      const path = join(profileDir, file);
+      console.log(`\n${formatProfile(path, summarizeProfile(path))}`);
+    }
+  }
+}
+
+main().catch((err: unknown) => {
+  console.error(`bench: ${(err as Error).stack ?? String(err)}`);
+  process.exitCode = 1;
+});
