@@ -1,110 +1,65 @@
 #!/usr/bin/env node
-import { readFileSync } from 'node:fs';
-import { createInterface } from 'node:readline';
-import { parseArgs } from 'node:util';
-import { ConfigError, configPath, loadConfig } from './config/load.js';
-import { hashPassword } from './inbound/passwords.js';
-import { createLogger } from './log.js';
+import { ConfigError } from './config/load.js';
+import { checkConfig } from './cli/check-config.js';
+import { configSchemaCommand } from './cli/config-schema.js';
+import { logLevel, reload, sendTest, status } from './cli/daemon-commands.js';
+import { queue } from './cli/queue.js';
+import { UsageError, version, type Command } from './cli/command.js';
+import { hashPassword } from './cli/hash-password.js';
+import { route } from './cli/route.js';
+import { start } from './cli/start.js';
+import { suppress } from './cli/suppress.js';
+import { testUpstreamCommand } from './cli/test-upstream.js';
+import { SuppressionFileError } from './policy/suppression.js';
 
-const USAGE = `Usage: smarthost <command> [options]
+const COMMANDS: readonly Command[] = [start, checkConfig, hashPassword, route, suppress, testUpstreamCommand, status, queue, sendTest, reload, logLevel, configSchemaCommand];
+
+const USAGE = `Usage: smarthost [--config PATH] <command> [options]
 
 Commands:
-  start [--config PATH]        run the relay (config: --config, else $SMARTHOST_CONFIG, else the embedded default)
-  check-config [PATH]          validate a config file and exit (0 when valid)
-  hash-password                read a password from standard input and print its hash for users[].passwordHash
+${COMMANDS.map((c) => `  ${c.name.padEnd(15)}${c.summary}`).join('\n')}
 
 Options:
-  --config PATH                configuration file (YAML)
-  --help                       show this help
-  --version                    print the version
+  --config PATH  configuration file (YAML); else $SMARTHOST_CONFIG, else the embedded default
+  --help         show this help; "smarthost <command> --help" shows a command's own
+  --version      print the version
 `;
 
-function version(): string {
-  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
-  return pkg.version;
-}
-
+/** Global options come before the command name; everything after it belongs to the command. */
 async function main(argv: string[]): Promise<number> {
-  let parsed;
+  const global: string[] = [];
+  let i = 0;
+  for (; i < argv.length && argv[i]!.startsWith('-'); i++) {
+    const arg = argv[i]!;
+    if (arg === '--version') return (console.log(version()), 0);
+    if (arg === '--help' || arg === '-h') return (console.log(USAGE), 0);
+    if (arg.startsWith('--config=')) global.push(arg);
+    else if (arg === '--config' && i + 1 < argv.length) global.push(arg, argv[++i]!);
+    else return usageError(arg === '--config' ? 'option --config needs a PATH' : `unknown option "${arg}"`);
+  }
+  const name = argv[i];
+  if (name === undefined) return (console.error(USAGE), 2);
+  if (name === 'help') {
+    const topic = argv[i + 1] === undefined ? undefined : COMMANDS.find((c) => c.name === argv[i + 1]);
+    if (argv[i + 1] !== undefined && !topic) return usageError(`unknown command "${argv[i + 1]}"`);
+    return (console.log(topic ? topic.usage : USAGE), 0);
+  }
+  const command = COMMANDS.find((c) => c.name === name);
+  if (!command) return usageError(`unknown command "${name}"`);
   try {
-    parsed = parseArgs({
-      args: argv,
-      allowPositionals: true,
-      options: { config: { type: 'string' }, help: { type: 'boolean' }, version: { type: 'boolean' } },
-    });
+    return await command.run([...(command.takesConfig ? global : []), ...argv.slice(i + 1)]);
   } catch (err) {
-    console.error(`smarthost: ${(err as Error).message}\n\n${USAGE}`);
-    return 2;
-  }
-  const { values, positionals } = parsed;
-  if (values.version) {
-    console.log(version());
-    return 0;
-  }
-  const [command, ...rest] = positionals;
-  if (values.help) {
-    console.log(USAGE);
-    return 0;
-  }
-  if (!command) {
-    console.error(USAGE);
-    return 2;
-  }
-  switch (command) {
-    case 'start':
-      return start(configPath(values.config));
-    case 'check-config': {
-      const path = configPath(rest[0] ?? values.config);
-      loadConfig(path);
-      console.log(`${path}: configuration is valid`);
-      return 0;
-    }
-    case 'hash-password':
-      console.log(await hashPassword(await readPassword()));
-      return 0;
-    default:
-      console.error(`smarthost: unknown command "${command}"\n\n${USAGE}`);
+    if (err instanceof UsageError) {
+      console.error(`smarthost ${command.name}: ${err.message}\n\n${command.usage}`);
       return 2;
+    }
+    throw err;
   }
 }
 
-async function start(path: string): Promise<number> {
-  const config = loadConfig(path);
-  const log = createLogger(config.log.level);
-  // Listening before the start: a signal during queue recovery stops the daemon once it is up, instead of killing it.
-  const signalled = new Promise<void>((resolve) => {
-    const stop = (signal: string) => {
-      log.info({ event: 'signal', signal }, `received ${signal}`);
-      resolve();
-    };
-    process.once('SIGTERM', () => stop('SIGTERM'));
-    process.once('SIGINT', () => stop('SIGINT'));
-  });
-  log.info({ event: 'starting', version: version(), config: path }, 'starting smarthost');
-  // Loaded here so that the short commands do not pay for the SMTP stack.
-  const { Daemon } = await import('./daemon.js');
-  const daemon = await Daemon.start(config, log);
-  await signalled;
-  await daemon.stop();
-  log.flush();
-  return 0;
-}
-
-async function readPassword(): Promise<string> {
-  const rl = createInterface({ input: process.stdin, output: process.stderr, terminal: process.stdin.isTTY });
-  if (process.stdin.isTTY) {
-    process.stderr.write('Password: ');
-    // Keep the typed password off the screen.
-    (rl as unknown as { _writeToOutput: (s: string) => void })._writeToOutput = () => {};
-  }
-  const line = await new Promise<string>((resolve) => {
-    rl.once('line', resolve);
-    rl.once('close', () => resolve(''));
-  });
-  rl.close();
-  if (process.stdin.isTTY) process.stderr.write('\n');
-  if (line === '') throw new Error('no password given on standard input');
-  return line;
+function usageError(message: string): number {
+  console.error(`smarthost: ${message}\n\n${USAGE}`);
+  return 2;
 }
 
 main(process.argv.slice(2)).then(
@@ -112,7 +67,7 @@ main(process.argv.slice(2)).then(
     process.exitCode = code;
   },
   (err: unknown) => {
-    if (err instanceof ConfigError) console.error(err.message);
+    if (err instanceof ConfigError || err instanceof SuppressionFileError) console.error(err.message);
     else console.error(`smarthost: ${(err as Error).message ?? String(err)}`);
     process.exitCode = 1;
   },

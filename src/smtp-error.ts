@@ -8,12 +8,18 @@ export class SmtpError extends Error {
   readonly code: number;
   /** Enhanced status code (RFC 3463), e.g. "4.3.0". */
   readonly enhanced: string;
+  /**
+   * For a temporary error: the upstream asked to be retried after this long (HTTP Retry-After on a 429 or
+   * 503). The queue waits at least this long instead of its own backoff.
+   */
+  declare readonly retryAfterMs?: number;
 
-  constructor(code: number, enhanced: string, message: string, options?: { cause?: unknown }) {
+  constructor(code: number, enhanced: string, message: string, options?: { cause?: unknown; retryAfterMs?: number }) {
     super(message, options);
     this.name = 'SmtpError';
     this.code = code;
     this.enhanced = enhanced;
+    if (options?.retryAfterMs !== undefined) this.retryAfterMs = options.retryAfterMs;
   }
 
   get temporary(): boolean {

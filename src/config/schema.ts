@@ -3,6 +3,13 @@ import { z } from 'zod';
 import { isPasswordHash } from '../inbound/passwords.js';
 import { parseCidr } from '../policy/networks.js';
 import { patternProblem } from '../routing/address-pattern.js';
+import { graphUpstreamSchema } from '../upstreams/graph/config.js';
+import { googleUpstreamSchema } from '../upstreams/google/config.js';
+import { mailjetReferenceProblems, mailjetSmtpUpstreamSchema, mailjetUpstreamSchema } from '../upstreams/mailjet/config.js';
+import { m365ConnectorUpstreamSchema, m365SmtpUpstreamSchema } from '../upstreams/m365/config.js';
+import { appReferenceProblems, microsoftSection } from '../upstreams/oauth/microsoft-config.js';
+import { tagsSchema } from '../upstreams/tags.js';
+import { adminSchema } from '../admin/config.js';
 import { secret } from './secret.js';
 import { byteSize, duration, intBetween, port } from './units.js';
 
@@ -104,9 +111,11 @@ const smtpUpstream = z.strictObject({
   timeout: duration.prefault('2m'),
 });
 
-const upstream = z.discriminatedUnion('type', [outboxUpstream, smtpUpstream], {
-  error: 'expected "type" to be one of: outbox, smtp',
-});
+const upstream = z.discriminatedUnion(
+  'type',
+  [outboxUpstream, smtpUpstream, graphUpstreamSchema, m365SmtpUpstreamSchema, m365ConnectorUpstreamSchema, mailjetUpstreamSchema, mailjetSmtpUpstreamSchema, googleUpstreamSchema],
+  { error: 'expected "type" to be one of: outbox, smtp, graph, m365-smtp, m365-connector, mailjet, mailjet-smtp, google' },
+);
 
 const route = z.strictObject({
   name,
@@ -166,6 +175,12 @@ export const configSchema = z
     listeners: z.array(listener).min(1, { error: 'expected at least one listener' }),
     users: z.array(user).default([]),
     upstreams: z.record(name, upstream).refine((u) => Object.keys(u).length > 0, { error: 'expected at least one upstream' }),
+    /** Entra ID app registrations for the Microsoft 365 upstreams (m365-smtp, graph). */
+    microsoft: microsoftSection.prefault({}),
+    /** A message tag header, carried to upstreams with a field for it and a bounded metric label (src/upstreams/tags.ts). */
+    tags: tagsSchema.optional(),
+    /** The admin HTTP listener: /metrics, /healthz, /readyz and the API behind the queue CLI (src/admin/config.ts). */
+    admin: adminSchema.prefault({}),
     routing: z
       .strictObject({
         /** Ordered rules; the first that matches a recipient picks its upstream. */
@@ -199,6 +214,10 @@ export const configSchema = z
       .prefault({}),
   })
   .superRefine((config, ctx) => {
+    for (const problem of appReferenceProblems(config)) ctx.addIssue({ code: 'custom', ...problem });
+    for (const p of mailjetReferenceProblems(config.upstreams)) {
+      ctx.addIssue({ code: 'custom', path: ['upstreams', p.upstream, 'smtpFallback'], message: p.message, input: p.input });
+    }
     // Object.hasOwn, not `in`: "constructor" or "toString" must not pass as upstream names.
     if (!Object.hasOwn(config.upstreams, config.routing.default)) {
       const defined = Object.keys(config.upstreams);

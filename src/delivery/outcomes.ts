@@ -23,7 +23,16 @@ export function applyOutcome(
   }
   const lastReply = toReply(outcome.error);
   if (!outcome.error.temporary) return { ...state, status: 'failed', attempts, upstream: ctx.upstream, lastReply, notified: false };
-  return { ...state, attempts, upstream: ctx.upstream, lastReply, nextAttemptAt: ctx.now + nextDelay(attempts, ctx.retry, ctx.random) };
+  return { ...state, attempts, upstream: ctx.upstream, lastReply, nextAttemptAt: ctx.now + retryDelay(outcome.error, attempts, ctx) };
+}
+
+/** The shortest wait an upstream's Retry-After can ask for: a "0" must not make the queue spin. */
+export const MIN_RETRY_AFTER_MS = 1000;
+
+/** The upstream's own Retry-After (HTTP 429/503) when it gave one, else the queue's backoff. */
+function retryDelay(error: SmtpError, attempts: number, ctx: { retry: RetryConfig; random?: () => number }): number {
+  if (error.retryAfterMs !== undefined && Number.isFinite(error.retryAfterMs)) return Math.max(error.retryAfterMs, MIN_RETRY_AFTER_MS);
+  return nextDelay(attempts, ctx.retry, ctx.random);
 }
 
 /** A recipient still pending after the queue lifetime fails with the last temporary error it saw. */

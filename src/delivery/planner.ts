@@ -25,6 +25,7 @@ export interface DeliveryPlanner {
 export function createPlanner(config: Pick<Config, 'routing' | 'users' | 'listeners' | 'rewrite'>, spool: Spool): DeliveryPlanner {
   return {
     route: (message, recipient) =>
+      forcedRoute(config, message) ??
       chooseRoute(config, {
         sender: message.sender,
         headerFrom: message.headerFrom ?? [],
@@ -68,5 +69,20 @@ export function createPlanner(config: Pick<Config, 'routing' | 'users' | 'listen
         ...(sender !== message.sender ? { rewrittenSender: sender } : {}),
       };
     },
+  };
+}
+
+/** The route a message names itself (send-test --route), when the config still has it. */
+function forcedRoute(config: Pick<Config, 'routing'>, message: MessageRecord): RouteDecision | undefined {
+  if (message.route === undefined) return undefined;
+  const i = config.routing.routes.findIndex((r) => r.name === message.route);
+  if (i === -1) return undefined;
+  const route = config.routing.routes[i]!;
+  const testMode = route.testMode ?? config.routing.testMode;
+  return {
+    via: `routes[${i}] ${route.name} (forced)`,
+    upstream: route.upstream,
+    ...(route.sender ? { forcedSender: route.sender } : {}),
+    ...(testMode ? { testMode } : {}),
   };
 }

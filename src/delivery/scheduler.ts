@@ -1,16 +1,20 @@
 import type { RetryConfig } from '../config/schema.js';
 import type { Logger } from '../log.js';
+import type { SuppressionSettings } from '../policy/suppression.js';
 import { toSmtpError } from '../smtp-error.js';
 import type { Spool } from '../spool/spool.js';
-import { nextDueAt, type MessageRecord } from '../spool/record.js';
+import { nextDueAt, type MessageRecord, type RecipientState } from '../spool/record.js';
 import type { RouteDecision } from '../routing/route.js';
 import type { Upstream } from '../upstreams/upstream.js';
 import type { Bouncer } from './bounce.js';
 import type { Clock } from './clock.js';
 import { DueQueue } from './due-queue.js';
 import type { DeliveryPlanner } from './planner.js';
+import type { DeliveryMetrics } from './metrics.js';
+import { NO_UPSTREAM } from './metrics.js';
 import { applyOutcome, completeOutcomes, expire, sameOutcomeForAll } from './outcomes.js';
 import { Semaphore } from './semaphore.js';
+import { UpstreamHealth } from './upstream-health.js';
 
 export interface SchedulerOptions {
   spool: Spool;
@@ -23,6 +27,25 @@ export interface SchedulerOptions {
   clock: Clock;
   log: Logger;
   random?: () => number;
+  /** Recipients never to deliver to; hard bounces may add to it. */
+  suppression?: SuppressionSettings;
+  metrics?: DeliveryMetrics;
+  /** Consecutive connection-level failures per upstream; default: down after 3. */
+  health?: UpstreamHealth;
+}
+
+/** What a reload may change without a restart. */
+export type SchedulerSettings = Partial<Pick<SchedulerOptions, 'planner' | 'retry' | 'suppression'>>;
+
+/** An administrator's change that cannot be made: the message is unknown, or an attempt would not finish. */
+export class QueueChangeError extends Error {
+  override name = 'QueueChangeError';
+  constructor(
+    message: string,
+    readonly reason: 'not_found' | 'busy',
+  ) {
+    super(message);
+  }
 }
 
 /** Longest single timer; later due times are reached by re-arming, which also tolerates clock jumps. */
@@ -34,7 +57,8 @@ const MAX_TIMER_MS = 60_000;
  * The spool stays the truth: every state change is written before the next decision depends on it.
  */
 export class DeliveryScheduler {
-  readonly #o: SchedulerOptions;
+  #o: SchedulerOptions;
+  readonly health: UpstreamHealth;
   readonly #records = new Map<string, MessageRecord>();
   readonly #due = new DueQueue();
   readonly #active = new Map<string, Promise<void>>();
@@ -45,6 +69,7 @@ export class DeliveryScheduler {
 
   constructor(options: SchedulerOptions) {
     this.#o = options;
+    this.health = options.health ?? new UpstreamHealth(options.upstreams.keys());
     this.#slots = new Map([...options.upstreams].map(([name, u]) => [name, new Semaphore(u.maxConcurrency)]));
   }
 
@@ -59,6 +84,72 @@ export class DeliveryScheduler {
 
   records(): IterableIterator<MessageRecord> {
     return this.#records.values();
+  }
+
+  get clock() {
+    return this.#o.clock;
+  }
+
+  /** The queued message with this ID, if any. */
+  get(id: string): MessageRecord | undefined {
+    return this.#records.get(id);
+  }
+
+  /** Whether a delivery attempt (or an administrator's change) for this message is running. */
+  inFlight(id: string): boolean {
+    return this.#active.has(id);
+  }
+
+  /** Applies a reload: later attempts route, retry and suppress with the new settings. */
+  reconfigure(settings: SchedulerSettings): void {
+    this.#o = { ...this.#o, ...settings };
+  }
+
+  /**
+   * Changes one message for an administrator once no attempt for it is in flight (waiting up to waitMs), and
+   * keeps new attempts away while `change` runs. `change` answers the new record, or 'delete' to remove the
+   * message. A record that now owes a DSN gets it; one with nothing left to do leaves the queue.
+   */
+  async change(id: string, change: (record: MessageRecord) => MessageRecord | 'delete', waitMs = 30_000): Promise<MessageRecord | undefined> {
+    const deadline = Date.now() + waitMs;
+    for (let active = this.#active.get(id); active; active = this.#active.get(id)) {
+      const left = deadline - Date.now();
+      let timer: NodeJS.Timeout | undefined;
+      const timedOut = await Promise.race([active.then(() => false), new Promise<boolean>((r) => (timer = setTimeout(() => r(true), Math.max(0, left))))]);
+      clearTimeout(timer);
+      if (timedOut) throw new QueueChangeError(`message ${id} is being delivered right now and the attempt did not finish within ${Math.round(waitMs / 1000)}s; try again`, 'busy');
+    }
+    const initial = this.#records.get(id);
+    if (!initial) throw new QueueChangeError(`no message ${id} in the queue`, 'not_found');
+    const run = (async (): Promise<MessageRecord | undefined> => {
+      const next = change(initial);
+      if (next === 'delete') {
+        await this.#o.spool.remove(id);
+        this.#records.delete(id);
+        this.#due.delete(id);
+        this.#o.log.info({ event: 'queue.removed', queueId: id, by: 'admin' }, 'message deleted by the administrator');
+        return undefined;
+      }
+      let record = next;
+      if (nextDueAt(record) !== undefined) await this.#save(record);
+      if (owesDsn(record)) {
+        record = await this.#o.bouncer.notify(record);
+        if (nextDueAt(record) !== undefined) await this.#save(record);
+      }
+      await this.#finishOrKeep(record);
+      return this.#records.get(id);
+    })();
+    const settled = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.#active.set(id, settled);
+    try {
+      return await run;
+    } finally {
+      this.#active.delete(id);
+      this.#pump();
+    }
   }
 
   /** Adds a newly spooled or recovered message and attempts it as soon as it is due. */
@@ -86,7 +177,7 @@ export class DeliveryScheduler {
   }
 
   #schedule(record: MessageRecord): void {
-    const at = nextDueAt(record);
+    const at = record.held ? undefined : nextDueAt(record);
     if (at === undefined) this.#due.delete(record.id);
     else this.#due.set(record.id, at);
   }
@@ -130,7 +221,7 @@ export class DeliveryScheduler {
   }
 
   async #attempt(initial: MessageRecord): Promise<void> {
-    let record = this.#expireOld(initial);
+    let record = this.#expireOld(this.#suppress(initial));
     const now = this.#o.clock.now();
     // Recipients split by route, as Postfix splits by destination: one delivery per route decision.
     const groups = new Map<string, { decision: RouteDecision; recipients: string[] }>();
@@ -186,10 +277,15 @@ export class DeliveryScheduler {
       release();
     }
     const now = this.#o.clock.now();
-    const ctx = { now, upstream: name, retry: this.#o.retry, random: this.#o.random };
+    // One spread per group: recipients deferred together come back together, in one delivery.
+    const spread = (this.#o.random ?? Math.random)();
+    const ctx = { now, upstream: name, retry: this.#o.retry, random: () => spread };
     const states = outcomes.map((o) => applyOutcome(record.recipients.find((r) => r.address === o.recipient)!, o, ctx));
+    this.#o.metrics?.duration.observe({ upstream: name }, (now - started) / 1000);
+    this.#judgeUpstream(name, outcomes, now);
     for (const o of outcomes) {
       const state = states.find((s) => s.address === o.recipient)!;
+      this.#o.metrics?.recipient(name, o.delivered ? 'delivered' : state.status === 'failed' ? 'bounced' : 'deferred', o.delivered ? '2.0.0' : o.error.enhanced);
       this.#o.log.info(
         {
           event: 'delivery',
@@ -206,13 +302,86 @@ export class DeliveryScheduler {
         'delivery attempt',
       );
     }
+    // In test mode the reply is the test address's, not the recipients'.
+    if (!decision.testMode) await this.#addHardBounces(record.id, states);
     return states;
+  }
+
+  /** Connection-level failures of every recipient count against the upstream; any other answer shows it is up. */
+  #judgeUpstream(name: string, outcomes: readonly { delivered: boolean; error?: { enhanced: string; reply: string } }[], now: number): void {
+    if (!this.#o.upstreams.has(name)) return;
+    const failures = outcomes.map((o) => (o.delivered ? '2.0.0' : o.error!.enhanced));
+    if (UpstreamHealth.isConnectionFailure(failures)) {
+      const wasUp = this.health.states().find((s) => s.name === name)?.up ?? true;
+      this.health.failed(name, now, outcomes[0]!.error!.reply);
+      if (wasUp && !this.health.states().find((s) => s.name === name)!.up) {
+        this.#o.log.warn({ event: 'upstream.down', upstream: name, reply: outcomes[0]!.error!.reply }, `upstream ${name} does not answer`);
+      }
+    } else if (outcomes.length > 0) {
+      const wasDown = this.health.states().some((s) => s.name === name && !s.up);
+      this.health.answered(name);
+      if (wasDown) this.#o.log.info({ event: 'upstream.up', upstream: name }, `upstream ${name} answers again`);
+    }
+  }
+
+  /**
+   * Pending recipients on the suppression list never reach an upstream: with action drop they are dropped
+   * silently; with refuse they fail as a refused RCPT would have (the sender gets a DSN). This covers mail
+   * queued before the address was added, and every message in drop mode.
+   */
+  #suppress(record: MessageRecord): MessageRecord {
+    const s = this.#o.suppression;
+    if (!s || !record.recipients.some((r) => r.status === 'pending' && s.list.has(r.address))) return record;
+    const reply = { code: 550, enhanced: '5.7.1', text: 'Recipient is on the suppression list' };
+    const recipients = record.recipients.map((r): RecipientState => {
+      if (r.status !== 'pending' || !s.list.has(r.address)) return r;
+      const dropped = s.action === 'drop';
+      this.#o.metrics?.recipient(NO_UPSTREAM, dropped ? 'suppressed' : 'bounced', reply.enhanced);
+      this.#o.log.info(
+        {
+          event: 'delivery',
+          queueId: record.id,
+          recipient: r.address,
+          result: dropped ? 'suppressed' : 'bounced',
+          ...(dropped ? {} : { reply: `${reply.code} ${reply.enhanced} ${reply.text}` }),
+          suppression: s.action,
+          delayMs: this.#o.clock.now() - record.receivedAt,
+        },
+        dropped ? 'recipient on the suppression list dropped' : 'recipient on the suppression list refused',
+      );
+      return dropped ? { ...r, status: 'dropped' } : { ...r, status: 'failed', lastReply: reply, notified: false };
+    });
+    return { ...record, recipients };
+  }
+
+  /** With addHardBounces: a recipient refused permanently for its address (5.1.x, not the sender's 5.1.7/5.1.8) joins the list. */
+  async #addHardBounces(queueId: string, states: readonly RecipientState[]): Promise<void> {
+    const s = this.#o.suppression;
+    if (!s?.addHardBounces) return;
+    for (const state of states) {
+      const r = state.lastReply;
+      if (state.status !== 'failed' || !r || r.code < 500 || !/^5\.1\.(?!7$|8$)\d{1,3}$/.test(r.enhanced)) continue;
+      const reason = `hard bounce: ${r.code} ${r.enhanced} ${r.text}`;
+      try {
+        await s.list.add(state.address, reason, new Date(this.#o.clock.now()));
+        this.#o.log.info({ event: 'suppression.added', queueId, recipient: state.address, reason }, 'hard-bouncing recipient added to the suppression list');
+      } catch (err) {
+        // The bounce itself is still recorded and reported; only the list missed an entry.
+        this.#o.log.error({ event: 'suppression.error', queueId, recipient: state.address, err }, 'could not add a hard bounce to the suppression list');
+      }
+    }
   }
 
   #expireOld(record: MessageRecord): MessageRecord {
     const lifetime = record.sender === '' ? this.#o.retry.bounceLifetime : this.#o.retry.lifetime;
     if (this.#o.clock.now() - record.receivedAt < lifetime) return record;
-    return { ...record, recipients: record.recipients.map((r) => (r.status === 'pending' ? expire(r, lifetime) : r)) };
+    const recipients = record.recipients.map((r) => {
+      if (r.status !== 'pending') return r;
+      const expired = expire(r, lifetime);
+      this.#o.metrics?.recipient(r.upstream ?? NO_UPSTREAM, 'bounced', expired.lastReply?.enhanced);
+      return expired;
+    });
+    return { ...record, recipients };
   }
 
   async #finishOrKeep(record: MessageRecord): Promise<void> {

@@ -5,14 +5,17 @@ import type { ListenerConfig } from '../config/schema.js';
 import type { Logger } from '../log.js';
 import type { Config } from '../config/schema.js';
 import { checkEnvelopeAddress } from '../policy/address-policy.js';
-import { checkSenderAllowed } from '../policy/sender-policy.js';
+import { checkHeaderFromAllowed, checkSenderAllowed } from '../policy/sender-policy.js';
+import { unreachableRecipient } from '../upstreams/reachability.js';
 import { fieldValue, parseMailboxes, splitHeaderFields } from '../rewrite/header-block.js';
 import { NetworkList, normalizeIp } from '../policy/networks.js';
+import type { SuppressionSettings } from '../policy/suppression.js';
 import { SmtpError, toSmtpError } from '../smtp-error.js';
 import { newQueueId } from '../spool/queue-id.js';
 import { createRecord, type MessageRecord } from '../spool/record.js';
 import type { Spool } from '../spool/spool.js';
 import { AuthFailureGuard } from './auth-guard.js';
+import { dataRejectionReason, type InboundMetrics, type RejectionReason } from './metrics.js';
 import { InboundMessageTransform, type ReceivedTrace } from './message-stream.js';
 import type { LocalUsers } from './users.js';
 
@@ -24,7 +27,11 @@ export interface ListenerDeps {
   accept: (record: MessageRecord) => void;
   log: Logger;
   /** Sender restrictions and the alias rules they must also hold for. */
-  policy: Pick<Config, 'users' | 'senderRestrictions' | 'rewrite'>;
+  /** Sender restrictions, alias rules, and the routes and upstreams a recipient must be reachable through. */
+  policy: Pick<Config, 'users' | 'senderRestrictions' | 'rewrite' | 'routing' | 'listeners' | 'upstreams'>;
+  /** With action refuse, listed recipients get 550 5.7.1 at RCPT TO. */
+  suppression?: SuppressionSettings;
+  metrics?: InboundMetrics;
 }
 
 function headerFromAddresses(block: Buffer | undefined): string[] {
@@ -120,13 +127,39 @@ export class Listener {
         );
       },
       onMailFrom: (address, session, cb) => this.#reply(cb, this.#onMailFrom(address, session)),
-      onRcptTo: (address, _session, cb) => this.#reply(cb, checkEnvelopeAddress(address.address, 'recipient')),
+      onRcptTo: (address, session, cb) => {
+        const bad = checkEnvelopeAddress(address.address, 'recipient');
+        if (bad) return this.#reply(cb, bad, 'recipient_address');
+        const suppressed = this.#checkSuppressed(address.address, session);
+        if (suppressed) return this.#reply(cb, suppressed, 'suppressed');
+        this.#reply(cb, this.#checkReachable(address.address, session), 'unreachable');
+      },
       onData: (stream, session, cb) => this.#onData(stream, session, cb),
     };
   }
 
-  #reply(cb: Callback, err: SmtpError | undefined): void {
-    cb(err ? err.forSmtpServer() : null);
+  /**
+   * Answers on the next turn of the event loop, as smtp-server's own default handlers do. Answering at once
+   * lets a pipelined MAIL, RCPT, DATA and message after an end-of-data run inside smtp-server's
+   * SMTPStream.continue(), which then overwrites the continuation the second message just registered: that
+   * session never reads another command (found by test/fuzz).
+   */
+  #reply(cb: Callback, err: SmtpError | undefined, reason?: RejectionReason): void {
+    if (err && reason) this.#rejected(reason, err.code);
+    const reply = err ? err.forSmtpServer() : null;
+    setImmediate(() => cb(reply));
+  }
+
+  #rejected(reason: RejectionReason, code: number): void {
+    this.deps.metrics?.rejected(this.config.name, reason, code);
+  }
+
+  /**
+   * Loads new TLS certificates (reload): new connections and STARTTLS use them, sessions in progress keep theirs.
+   * Only the certificate files and minVersion change here; turning TLS on or off needs a restart.
+   */
+  updateTls(tls: NonNullable<ListenerConfig['tls']>): void {
+    this.server.updateSecureContext({ key: readFileSync(tls.key), cert: readFileSync(tls.cert), minVersion: tls.minVersion });
   }
 
   #serverDisabledCommands(): string[] {
@@ -164,9 +197,11 @@ export class Listener {
   #onConnect(session: SMTPServerSession): Error | null {
     this.#restrictAuth(session);
     this.#keepSourceRoutes(session);
+    this.deps.metrics?.connections.inc({ listener: this.config.name });
     const ip = normalizeIp(session.remoteAddress);
     const count = (this.#perIp.get(ip) ?? 0) + 1;
     if (count > this.config.maxConnectionsPerIp) {
+      this.#rejected('connections_per_ip', 421);
       this.deps.log.warn({ event: 'smtp.refused', listener: this.config.name, client: ip, reason: 'connections per address' }, 'too many connections');
       return new SmtpError(421, '4.7.0', 'Too many connections from your address, try again later').forSmtpServer();
     }
@@ -186,6 +221,7 @@ export class Listener {
   async #onAuth(username: string, password: string, session: SMTPServerSession): Promise<string> {
     const ip = normalizeIp(session.remoteAddress);
     if (this.#authGuard.isBlocked(ip)) {
+      this.#rejected('auth_throttled', 421);
       throw new SmtpError(421, '4.7.0', 'Too many failed authentication attempts, try again later');
     }
     // Counted as failed before the (slow, scrypt) check, so attempts in parallel cannot outrun the limit.
@@ -195,6 +231,7 @@ export class Listener {
       this.deps.log.info({ event: 'smtp.auth', listener: this.config.name, client: ip, user: username }, 'authenticated');
       return username;
     }
+    this.deps.metrics?.authFailures.inc({ listener: this.config.name });
     this.deps.log.warn({ event: 'smtp.auth_failed', listener: this.config.name, client: ip, user: username }, 'authentication failed');
     throw new SmtpError(535, '5.7.8', 'Authentication credentials invalid');
   }
@@ -206,16 +243,39 @@ export class Listener {
         { event: 'smtp.refused', listener: this.config.name, client: normalizeIp(session.remoteAddress), reason: 'authentication required' },
         'unauthenticated client outside allowed networks',
       );
+      this.#rejected('auth_required', 530);
       return new SmtpError(530, '5.7.0', 'Authentication required');
     }
-    return (
-      checkEnvelopeAddress(address.address, 'sender') ??
-      checkSenderAllowed(this.deps.policy, {
-        sender: address.address,
-        ...(typeof session.user === 'string' ? { user: session.user } : {}),
-        clientAddress: normalizeIp(session.remoteAddress),
-      })
+    const bad = checkEnvelopeAddress(address.address, 'sender');
+    if (bad) return (this.#rejected('sender_address', bad.code), bad);
+    const refused = checkSenderAllowed(this.deps.policy, {
+      sender: address.address,
+      ...(typeof session.user === 'string' ? { user: session.user } : {}),
+      clientAddress: normalizeIp(session.remoteAddress),
+    });
+    if (refused) this.#rejected('sender_not_allowed', refused.code);
+    return refused;
+  }
+
+  /** A recipient whose route ends at an upstream that cannot take it (Direct Send outside the tenant) is refused now, not bounced later. */
+  #checkReachable(recipient: string, session: SMTPServerSession): SmtpError | undefined {
+    return unreachableRecipient(this.deps.policy, {
+      sender: session.envelope.mailFrom ? session.envelope.mailFrom.address : '',
+      recipient,
+      ...(typeof session.user === 'string' ? { user: session.user } : {}),
+      clientAddress: normalizeIp(session.remoteAddress),
+      listener: this.config.name,
+    });
+  }
+
+  #checkSuppressed(recipient: string, session: SMTPServerSession): SmtpError | undefined {
+    const s = this.deps.suppression;
+    if (s?.action !== 'refuse' || !s.list.has(recipient)) return undefined;
+    this.deps.log.info(
+      { event: 'smtp.refused', listener: this.config.name, client: normalizeIp(session.remoteAddress), recipient, reason: 'suppression list' },
+      'recipient on the suppression list refused',
     );
+    return new SmtpError(550, '5.7.1', 'Recipient is on the suppression list');
   }
 
   #onData(stream: SMTPServerDataStream, session: SMTPServerSession, cb: (err?: Error | null, message?: string) => void): void {
@@ -248,6 +308,9 @@ export class Listener {
         if (message.messageId) r.messageId = message.messageId;
         const from = headerFromAddresses(message.headerBlock);
         if (from.length > 0) r.headerFrom = from;
+        // Header rules could otherwise turn a From the client may not use into one it may not use either.
+        const refused = checkHeaderFromAllowed(this.deps.policy, { headerFrom: from, ...(r.client.user !== undefined ? { user: r.client.user } : {}), clientAddress: r.client.address });
+        if (refused) throw refused;
       })
       .then(
         (stored) => {
@@ -256,12 +319,15 @@ export class Listener {
             { event: 'received', queueId: id, listener: this.config.name, client: record.client.address, user: record.client.user, sender: stored.sender, recipients, size: stored.size, messageId: stored.messageId },
             'message queued',
           );
+          this.deps.metrics?.messages.inc({ listener: this.config.name });
+          this.deps.metrics?.messageSize.observe({ listener: this.config.name }, stored.size);
           this.deps.accept(stored);
         },
         (err: unknown) => {
           stream.unpipe(message);
           stream.resume();
           const error = toSmtpError(err);
+          this.#rejected(dataRejectionReason(error), error.code);
           this.deps.log.warn({ event: 'receive.failed', queueId: id, listener: this.config.name, reply: error.reply, err: error.cause ?? error }, 'message not accepted');
           cb(error.forSmtpServer());
         },

@@ -5,7 +5,8 @@ const reply = z.strictObject({ code: z.int(), enhanced: z.string(), text: z.stri
 
 const recipientState = z.strictObject({
   address: z.string(),
-  status: z.enum(['pending', 'delivered', 'failed']),
+  /** dropped: on the suppression list (action drop), never sent and never reported. */
+  status: z.enum(['pending', 'delivered', 'failed', 'dropped']),
   attempts: z.int().nonnegative(),
   /** Epoch milliseconds; meaningful while pending. */
   nextAttemptAt: z.number(),
@@ -35,6 +36,10 @@ const messageRecord = z.strictObject({
     listener: z.string(),
     tls: z.boolean(),
   }),
+  /** Put on hold by an administrator (`smarthost queue hold`): never attempted until released. */
+  held: z.boolean().optional(),
+  /** A route forced by name (`smarthost send-test --route`), instead of the route rules. */
+  route: z.string().optional(),
 });
 
 export type Reply = z.output<typeof reply>;

@@ -24,4 +24,25 @@ export interface Upstream {
   readonly name: string;
   deliver(request: DeliveryRequest): Promise<RecipientOutcome[]>;
   close(): Promise<void>;
+  /**
+   * `smarthost test-upstream`: checks each step of reaching the upstream (token, connection, TLS, login)
+   * without sending anything, reporting every step as it ends; resolves true when all passed.
+   */
+  probe?(report: (step: ProbeStep) => void, options?: ProbeOptions): Promise<boolean>;
+}
+
+export interface ProbeOptions {
+  /** The sender a test would use; an upstream that logs in as the sender (mailbox: fromSender) tests this one. */
+  sender?: string;
+}
+
+/** One step of a probe, in words for the person running it. */
+export interface ProbeStep {
+  /** "token", "connect", "STARTTLS", "AUTH" ... */
+  step: string;
+  ok: boolean;
+  /** What happened: the reply, the TLS version, the error. */
+  detail: string;
+  /** For a failed step: the likely fix. */
+  fix?: string;
 }

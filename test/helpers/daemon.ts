@@ -40,11 +40,14 @@ export async function testConfig(o: TestConfigOptions): Promise<Record<string, u
     hostname: 'smarthost.test',
     log: { level: 'debug' },
     spool: { dir: join(o.dir, 'spool') },
+    state: { dir: join(o.dir, 'state') },
     listeners,
     users: o.users ?? [],
     upstreams: o.upstreams ?? { outbox: { type: 'outbox', dir: join(o.dir, 'outbox') } },
     routing: { default: o.defaultUpstream ?? Object.keys(o.upstreams ?? { outbox: 1 })[0] },
     delivery: { retry: { initialDelay: '5m', ...(o.retry ?? {}) }, shutdownTimeout: '5s' },
+    // Never the default 9325: tests run in parallel.
+    admin: { host: '127.0.0.1', port: await freePort() },
     ...(o.extra ?? {}),
   };
 }

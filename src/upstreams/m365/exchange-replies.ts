@@ -1,0 +1,105 @@
+/**
+ * What Exchange Online's SMTP replies mean for smarthost, as data: a new Exchange error is one row. Sources:
+ * - "Email non-delivery reports and SMTP errors in Exchange Online"
+ *   https://learn.microsoft.com/exchange/troubleshoot/email-delivery/ndr/non-delivery-reports-in-exchange-online
+ * - "Continuous error throttling for SMTP AUTH submissions in Exchange Online"
+ *   https://learn.microsoft.com/exchange/mail-flow-best-practices/continuous-error-throttling-smtp-auth-submissions
+ * - "Exchange Online limits", sending limits
+ *   https://learn.microsoft.com/office365/servicedescriptions/exchange-online-service-description/exchange-online-limits
+ * - "Authenticate an IMAP, POP or SMTP connection using OAuth"
+ *   https://learn.microsoft.com/exchange/client-developer/legacy-protocols/how-to-authenticate-an-imap-pop-smtp-application-by-using-oauth
+ * - Set-OrganizationConfig -RejectDirectSend (Direct Send blocked tenant-wide: 550 5.7.68)
+ */
+import { SmtpError } from '../../smtp-error.js';
+
+/**
+ * defer: retried later, never bounced (the cause passes by itself: throttling, quotas);
+ * alert: retried later too, and logged as an error naming the fix (a setting only an admin can change);
+ * bounce: failed permanently, the explanation goes into the DSN.
+ */
+export type ReplyAction = 'defer' | 'alert' | 'bounce';
+
+export interface ExchangeReplyRow {
+  /** Matched against the reply as "code enhanced text", e.g. "535 5.7.3 Authentication unsuccessful". */
+  pattern: RegExp;
+  action: ReplyAction;
+  /** What happened and what to do, for the log and the DSN. */
+  explanation: string;
+}
+
+const AUTH_FIX =
+  'grant the app the Office 365 Exchange Online application permission SMTP.SendAsApp (with admin consent), register its service principal in Exchange Online (New-ServicePrincipal -AppId CLIENT_ID -ObjectId ENTERPRISE_APP_OBJECT_ID) and give it the mailbox (Add-MailboxPermission -Identity MAILBOX -User SERVICE_PRINCIPAL_ID -AccessRights FullAccess)';
+
+export const EXCHANGE_REPLIES: readonly ExchangeReplyRow[] = [
+  {
+    pattern: /^4\d\d 4\.3\.2\b/,
+    action: 'defer',
+    explanation: 'Exchange Online refused another concurrent connection for this mailbox (at most 3 per mailbox); retried later',
+  },
+  {
+    pattern: /^5\d\d 5\.2\.0\b.*SubmissionQuotaExceeded/i,
+    action: 'defer',
+    explanation: 'the mailbox reached its Exchange Online sending limit (30 messages a minute, 10,000 recipients a day); retried later, not bounced',
+  },
+  {
+    pattern: /^5\d\d 5\.2\.25[1-5]\b/,
+    action: 'defer',
+    explanation:
+      'Exchange Online throttles this mailbox after continuous errors (mailbox full, send-as denied, invalid license, too many or invalid recipients); retried later, fix the cause shown',
+  },
+  {
+    pattern: /^5\d\d 5\.7\.30\b/,
+    action: 'alert',
+    explanation: 'Exchange Online no longer accepts Basic authentication for SMTP AUTH client submission: replace legacyBasicAuth by an app (OAuth) under microsoft.apps',
+  },
+  {
+    pattern: /^5\d\d 5\.7\.139\b/,
+    action: 'alert',
+    explanation:
+      'SMTP AUTH is disabled for the mailbox or the tenant (or Security Defaults block it): enable it for the mailbox with Set-CASMailbox -Identity MAILBOX -SmtpClientAuthenticationDisabled $false',
+  },
+  {
+    pattern: /^5\d\d 5\.7\.3\b/,
+    action: 'alert',
+    explanation: `Exchange Online refused the login: ${AUTH_FIX}`,
+  },
+  {
+    pattern: /^5\d\d 5\.7\.57\b/,
+    action: 'alert',
+    explanation: 'Exchange Online wants an authenticated client: SMTP AUTH did not happen or was refused; check the app, SMTP.SendAsApp and the mailbox permissions',
+  },
+  {
+    pattern: /^5\d\d 5\.7\.60\b/,
+    action: 'bounce',
+    explanation:
+      'the mailbox has no permission to send as this sender: grant it SendAs on the sender (Add-RecipientPermission -Identity SENDER -Trustee MAILBOX -AccessRights SendAs), or send from the mailbox\'s own address',
+  },
+  {
+    pattern: /^5\d\d 5\.7\.68\b/,
+    action: 'bounce',
+    explanation:
+      'the tenant rejects Direct Send (Set-OrganizationConfig -RejectDirectSend $true): create a partner inbound connector for this relay (its static IP or its certificate), or send through m365-smtp or graph',
+  },
+];
+
+export interface ClassifiedReply {
+  error: SmtpError;
+  /** Set for alert rows: the line to log as an error. */
+  alert?: string;
+  row?: ExchangeReplyRow;
+}
+
+/** The first row that matches `error`, applied: defer and alert become temporary (4xx), bounce stays permanent. */
+export function classifyExchangeReply(error: SmtpError, rows: readonly ExchangeReplyRow[] = EXCHANGE_REPLIES): ClassifiedReply {
+  const row = rows.find((r) => r.pattern.test(error.reply));
+  if (!row) return { error };
+  if (row.action === 'bounce') {
+    const code = error.temporary ? 550 : error.code;
+    const enhanced = error.temporary ? `5${error.enhanced.slice(1)}` : error.enhanced;
+    return { error: new SmtpError(code, enhanced, `${error.message} (${row.explanation})`, { cause: error }), row };
+  }
+  const code = error.temporary ? error.code : 451;
+  const enhanced = error.temporary ? error.enhanced : `4${error.enhanced.slice(1)}`;
+  const deferred = new SmtpError(code, enhanced, `${row.explanation}; Exchange said: ${error.reply}`, { cause: error });
+  return { error: deferred, row, ...(row.action === 'alert' ? { alert: row.explanation } : {}) };
+}

@@ -1,0 +1,99 @@
+/**
+ * Reload (SIGHUP and `smarthost reload`) while a client is connected: a valid new config takes effect (a new
+ * user can log in, a new route carries mail) and the connection stays up; an invalid one is refused with its
+ * error and the old config stays in force; an upstream change is reported as needing a restart.
+ */
+import assert from 'node:assert/strict';
+import { readdir, writeFile } from 'node:fs/promises';
+import { connect, type Socket } from 'node:net';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import nodemailer from 'nodemailer';
+import { stringify } from 'yaml';
+import { hashPassword } from '../../src/inbound/passwords.js';
+import { CLI, spawnDaemon, tempDir, testConfig } from '../helpers/daemon.js';
+import { run } from '../helpers/packaging.js';
+
+/** One SMTP connection kept open across the reloads: each command answers its complete reply. */
+async function openSession(port: number): Promise<{ command(line: string): Promise<string>; socket: Socket }> {
+  const socket = connect(port, '127.0.0.1');
+  let buffer = '';
+  let waiter: (() => void) | undefined;
+  socket.on('data', (c: Buffer) => ((buffer += c.toString('latin1')), waiter?.()));
+  const reply = () =>
+    new Promise<string>((resolve, reject) => {
+      const check = () => {
+        const m = /(?:^|\r\n)\d{3} [^\r\n]*\r\n/.exec(buffer);
+        if (!m) return;
+        const text = buffer.slice(0, m.index + m[0].length);
+        buffer = buffer.slice(text.length);
+        waiter = undefined;
+        resolve(text);
+      };
+      socket.once('close', () => reject(new Error(`connection closed; got ${JSON.stringify(buffer)}`)));
+      waiter = check;
+      check();
+    });
+  await reply();
+  return { socket, command: (line) => (socket.write(`${line}\r\n`), reply()) };
+}
+
+test('reload with a valid and an invalid config while a client is connected', async (t) => {
+  const dir = await tempDir();
+  t.after(() => dir.remove());
+  const upstreams = { a: { type: 'outbox', dir: join(dir.path, 'a') }, b: { type: 'outbox', dir: join(dir.path, 'b') } };
+  const config = await testConfig({ dir: dir.path, upstreams, defaultUpstream: 'a' });
+  const daemon = await spawnDaemon(config, dir.path);
+  t.after(async () => {
+    daemon.proc.kill('SIGTERM');
+    await daemon.exited;
+  });
+  const configFile = join(dir.path, (await readdir(dir.path)).find((f) => /^config-\d+\.yaml$/.test(f))!);
+  const cli = (...args: string[]) => run(process.execPath, [CLI, '--config', configFile, ...args], { timeoutMs: 20_000 });
+  const [relay, submission] = (config.listeners as { port: number }[]).map((l) => l.port) as [number, number];
+
+  const session = await openSession(relay);
+  assert.match(await session.command('EHLO client.test'), /^250/);
+
+  // Valid: a new user and a new route, through SIGHUP.
+  const users = [{ name: 'scanner', passwordHash: await hashPassword('open sesame') }];
+  const routes = [{ name: 'to-b', match: { recipient: '@routed.test' }, upstream: 'b' }];
+  await writeFile(configFile, stringify({ ...config, users, routing: { default: 'a', routes } }));
+  daemon.proc.kill('SIGHUP');
+  await daemon.waitForOutput(/"event":"reload","changed":\["users","routing"\],"restartRequired":\[\]/);
+
+  // The connected client carries on, and its mail takes the new route.
+  assert.match(await session.command('MAIL FROM:<app@origin.test>'), /^250/);
+  assert.match(await session.command('RCPT TO:<someone@routed.test>'), /^250/);
+  assert.match(await session.command('DATA'), /^354/);
+  const queued = /queued as ([0-9A-Z]{22})/.exec(await session.command('Subject: after reload\r\n\r\nbody\r\n.'))?.[1];
+  assert.ok(queued);
+  await daemon.waitForOutput(new RegExp(`"event":"routed","queueId":"${queued}","via":"routes\\[0\\] to-b","upstream":"b"`));
+  // The new user can log in.
+  const client = nodemailer.createTransport({ host: '127.0.0.1', port: submission, secure: false, ignoreTLS: true, auth: { user: 'scanner', pass: 'open sesame' } });
+  t.after(() => client.close());
+  const info = await client.sendMail({ envelope: { from: 'scanner@origin.test', to: ['x@dest.test'] }, raw: 'Subject: as scanner\r\n\r\nbody\r\n' });
+  assert.match(info.response, /^250 2\.0\.0 Ok: queued as /);
+
+  // Invalid: refused with the problem named; the old config stays in force.
+  await writeFile(configFile, stringify({ ...config, users, routing: { default: 'a', routes }, delivery: { maxConcurrency: 0 } }));
+  let r = await cli('reload');
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /^smarthost reload: configuration not reloaded, the old one stays in force: invalid configuration in .*\n {2}delivery\.maxConcurrency: /);
+  await daemon.waitForOutput(/"event":"reload.failed"/);
+  assert.match(await session.command('MAIL FROM:<app@origin.test>'), /^250/, 'the connection is still up');
+  assert.match(await session.command('RCPT TO:<second@routed.test>'), /^250/);
+  assert.match(await session.command('DATA'), /^354/);
+  const second = /queued as ([0-9A-Z]{22})/.exec(await session.command('Subject: after refusal\r\n\r\nbody\r\n.'))?.[1];
+  await daemon.waitForOutput(new RegExp(`"event":"routed","queueId":"${second}","via":"routes\\[0\\] to-b","upstream":"b"`));
+
+  // A changed upstream waits for a restart, and the reply says so; a route to an unknown upstream is refused.
+  await writeFile(configFile, stringify({ ...config, users, routing: { default: 'a', routes }, upstreams: { ...upstreams, b: { type: 'outbox', dir: join(dir.path, 'b2') } } }));
+  r = await cli('reload');
+  assert.deepEqual([r.code, r.stdout], [0, 'configuration reloaded; nothing changed\nrestart smarthost for these changes to take effect: upstreams\n']);
+  await writeFile(configFile, stringify({ ...config, users, routing: { default: 'c' }, upstreams: { ...upstreams, c: { type: 'outbox', dir: join(dir.path, 'c') } } }));
+  r = await cli('reload');
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /routes mail to upstream c, which is not running yet: restart smarthost to add upstreams/);
+  assert.match(await session.command('QUIT'), /^221/);
+});
