@@ -34,3 +34,26 @@ export function intBetween(min: number, max: number) {
 }
 
 export const port = intBetween(1, 65535);
+
+const LOOPBACK_HOSTS = new Set(['127.0.0.1', '[::1]', 'localhost']);
+
+/**
+ * An endpoint URL that credentials travel to: https only, except plain http on loopback (the tests' local
+ * fakes). A trailing slash is dropped so paths can be appended.
+ */
+export function httpsUrl(example: string) {
+  return z
+    .string()
+    .superRefine((v, ctx) => {
+      let url: URL;
+      try {
+        url = new URL(v);
+      } catch {
+        ctx.addIssue({ code: 'custom', message: `expected a URL such as ${example}`, input: v });
+        return;
+      }
+      if (url.protocol === 'https:' || (url.protocol === 'http:' && LOOPBACK_HOSTS.has(url.hostname))) return;
+      ctx.addIssue({ code: 'custom', message: 'expected an https URL (plain http only on loopback, for tests)', input: v });
+    })
+    .transform((v) => v.replace(/\/+$/, ''));
+}

@@ -7,27 +7,14 @@
 import { createPrivateKey } from 'node:crypto';
 import { z } from 'zod';
 import { Secret, secret } from '../../config/secret.js';
-import { duration, intBetween, port } from '../../config/units.js';
+import { duration, httpsUrl, intBetween, port } from '../../config/units.js';
 
 export const GOOGLE_TOKEN_URL = 'https://oauth2.googleapis.com/token';
 /** "The scope for IMAP, POP, and SMTP access is https://mail.google.com/" (XOAUTH2 protocol page). */
 export const GMAIL_SCOPE = 'https://mail.google.com/';
 export const GMAIL_SMTP_HOST = 'smtp.gmail.com';
 
-const LOOPBACK_HOSTS = new Set(['127.0.0.1', '[::1]', 'localhost']);
-
-/** https only, except on loopback (the tests' fake token endpoint). */
-const tokenUrl = z.string().superRefine((v, ctx) => {
-  let url: URL;
-  try {
-    url = new URL(v);
-  } catch {
-    ctx.addIssue({ code: 'custom', message: `expected a URL such as ${GOOGLE_TOKEN_URL}`, input: v });
-    return;
-  }
-  if (url.protocol === 'https:' || (url.protocol === 'http:' && LOOPBACK_HOSTS.has(url.hostname))) return;
-  ctx.addIssue({ code: 'custom', message: 'expected an https URL (plain http only on loopback, for tests)', input: v });
-});
+const tokenUrl = httpsUrl(GOOGLE_TOKEN_URL);
 
 const address = z.string().regex(/^[^@\s<>/?#]+@[^@\s<>/?#]+$/, { error: 'expected an e-mail address such as scans@contoso.com' });
 

@@ -1,29 +1,11 @@
 import { z } from 'zod';
-import { duration, intBetween } from '../../config/units.js';
+import { duration, httpsUrl, intBetween } from '../../config/units.js';
 
 /** Where Microsoft Graph v1.0 lives in the global cloud; national clouds and the tests' fake set their own. */
 export const DEFAULT_GRAPH_BASE_URL = 'https://graph.microsoft.com/v1.0';
 
-const LOOPBACK_HOSTS = new Set(['127.0.0.1', '[::1]', 'localhost']);
-
-/**
- * https only, except on loopback (the tests' fake): the bearer token travels with every request.
- * A trailing slash is dropped so paths can be appended.
- */
-const graphBaseUrl = z
-  .string()
-  .superRefine((v, ctx) => {
-    let url: URL;
-    try {
-      url = new URL(v);
-    } catch {
-      ctx.addIssue({ code: 'custom', message: 'expected a URL such as https://graph.microsoft.com/v1.0', input: v });
-      return;
-    }
-    if (url.protocol === 'https:' || (url.protocol === 'http:' && LOOPBACK_HOSTS.has(url.hostname))) return;
-    ctx.addIssue({ code: 'custom', message: 'expected an https URL (plain http only on loopback, for tests)', input: v });
-  })
-  .transform((v) => v.replace(/\/+$/, ''));
+/** The bearer token travels with every request. */
+const graphBaseUrl = httpsUrl('https://graph.microsoft.com/v1.0');
 
 const MAILBOX_ERROR = 'expected "fromSender" or the address of the sending mailbox, such as scans@contoso.com';
 const mailbox = z.union([z.literal('fromSender'), z.string().regex(/^[^@\s<>/?#]+@[^@\s<>/?#]+$/, { error: MAILBOX_ERROR })], { error: MAILBOX_ERROR });

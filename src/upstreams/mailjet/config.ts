@@ -10,30 +10,15 @@
 import { z } from 'zod';
 import type { SmtpUpstreamConfig } from '../../config/schema.js';
 import { secret } from '../../config/secret.js';
-import { byteSize, duration, intBetween, port } from '../../config/units.js';
+import { byteSize, duration, httpsUrl, intBetween, port } from '../../config/units.js';
 
 export const MAILJET_API_URL = 'https://api.mailjet.com';
 export const MAILJET_SMTP_HOST = 'in-v3.mailjet.com';
 /** Send API v3.1 takes at most 50 messages per call (https://dev.mailjet.com/email/reference/send-emails/). */
 export const MAILJET_MAX_MESSAGES_PER_CALL = 50;
 
-const LOOPBACK_HOSTS = new Set(['127.0.0.1', '[::1]', 'localhost']);
-
-/** https only, except on loopback (the tests' fake): the API keys travel with every request. */
-const baseUrl = z
-  .string()
-  .superRefine((v, ctx) => {
-    let url: URL;
-    try {
-      url = new URL(v);
-    } catch {
-      ctx.addIssue({ code: 'custom', message: 'expected a URL such as https://api.mailjet.com', input: v });
-      return;
-    }
-    if (url.protocol === 'https:' || (url.protocol === 'http:' && LOOPBACK_HOSTS.has(url.hostname))) return;
-    ctx.addIssue({ code: 'custom', message: 'expected an https URL (plain http only on loopback, for tests)', input: v });
-  })
-  .transform((v) => v.replace(/\/+$/, ''));
+/** The API keys travel with every request. */
+const baseUrl = httpsUrl('https://api.mailjet.com');
 
 const apiKey = z.string().regex(/^\S+$/, { error: 'expected the Mailjet API key (the public one)' });
 const upstreamName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/, { error: 'expected the name of an smtp or mailjet-smtp upstream' });
