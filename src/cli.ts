@@ -6,13 +6,14 @@ import { logLevel, reload, sendTest, status } from './cli/daemon-commands.js';
 import { queue } from './cli/queue.js';
 import { UsageError, version, type Command } from './cli/command.js';
 import { hashPassword } from './cli/hash-password.js';
+import { limits } from './cli/limits.js';
 import { route } from './cli/route.js';
 import { start } from './cli/start.js';
 import { suppress } from './cli/suppress.js';
 import { testUpstreamCommand } from './cli/test-upstream.js';
 import { SuppressionFileError } from './policy/suppression.js';
 
-const COMMANDS: readonly Command[] = [start, checkConfig, hashPassword, route, suppress, testUpstreamCommand, status, queue, sendTest, reload, logLevel, configSchemaCommand];
+const COMMANDS: readonly Command[] = [start, checkConfig, hashPassword, route, suppress, limits, testUpstreamCommand, status, queue, sendTest, reload, logLevel, configSchemaCommand];
 
 const USAGE = `Usage: smarthost [--config PATH] <command> [options]
 

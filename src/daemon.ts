@@ -9,6 +9,7 @@ import { version } from './cli/command.js';
 import type { Config } from './config/schema.js';
 import { Bouncer } from './delivery/bounce.js';
 import { systemClock, type Clock } from './delivery/clock.js';
+import { openLimitStore, type LimitStore } from './delivery/limit-store.js';
 import { DeliveryMetrics, registerQueueMetrics } from './delivery/metrics.js';
 import { createPlanner } from './delivery/planner.js';
 import { DeliveryScheduler } from './delivery/scheduler.js';
@@ -46,6 +47,8 @@ interface LiveSettings {
 /** The running relay: listeners in front, the spool in the middle, the scheduler and upstreams behind. */
 export class Daemon {
   admin: AdminServer | undefined;
+  /** Send-limit counters (state.dir/limits.json). */
+  limits: LimitStore | undefined;
   #reloading: Promise<ReloadResult> | undefined;
 
   private constructor(
@@ -53,7 +56,7 @@ export class Daemon {
     readonly spool: Spool,
     readonly scheduler: DeliveryScheduler,
     readonly listeners: Listener[],
-    private readonly upstreams: ReturnType<typeof createUpstreams>,
+    private readonly upstreams: Awaited<ReturnType<typeof createUpstreams>>,
     readonly suppression: SuppressionList,
     readonly log: Logger,
     readonly registry: Registry,
@@ -76,8 +79,9 @@ export class Daemon {
     const registry = createRegistry({ version: version() });
     const upstreamNames = Object.keys(config.upstreams);
     const tokenMetrics = new TokenMetrics(registry, Object.keys(config.microsoft.apps));
-    const upstreams = createUpstreams(config, log, { onRefresh: tokenMetrics.onRefresh });
-    const health = new UpstreamHealth(upstreamNames, config.admin.upstreamDownAfter);
+    const upstreams = await createUpstreams(config, log, { onRefresh: tokenMetrics.onRefresh });
+    const health = new UpstreamHealth(upstreamNames, config.admin.upstreamDownAfter, config.admin.upstreamProbeAfter);
+    const limits = await openLimitStore(config.upstreams, config.state.dir, () => clock.now());
     let scheduler: DeliveryScheduler | undefined;
     const remoteMta = (name: string) => (Object.hasOwn(config.upstreams, name) ? remoteHost(config.upstreams[name]!) : undefined);
     const bouncer = new Bouncer({ spool, hostname: config.hostname, clock, log, enqueue: (r) => scheduler!.add(r), remoteMta });
@@ -93,10 +97,11 @@ export class Daemon {
       suppression,
       metrics: new DeliveryMetrics(registry, upstreamNames),
       health,
+      limits: limits.limiter,
     });
     registerQueueMetrics(registry, { records: () => scheduler!.records(), now: () => clock.now(), health });
     registerSpoolMetrics(registry, spool.dir);
-    const inboundMetrics = new InboundMetrics(registry, config.listeners.map((l) => l.name));
+    const inboundMetrics = new InboundMetrics(registry, config.listeners.map((l) => l.name), config.tags);
 
     const recovered = await spool.recover();
     for (const c of recovered.corrupt) {
@@ -125,6 +130,7 @@ export class Daemon {
     const listeners = config.listeners.map((l) => new Listener(l, deps));
     for (const l of listeners) warnAboutListener(l, log);
     const daemon = new Daemon(live, spool, scheduler, listeners, upstreams, list, log, registry, clock, options);
+    daemon.limits = limits;
     try {
       for (const l of listeners) await l.listen();
       if (config.admin.enabled) {
@@ -241,6 +247,7 @@ export class Daemon {
     const finished = await this.scheduler.stop(Math.max(0, deadline - Date.now()));
     await Promise.all([...this.upstreams.values()].map((u) => u.upstream.close()));
     await this.suppression.close();
+    await this.limits?.close().catch((err: unknown) => this.log.error({ event: 'limits.error', file: this.limits?.file, err }, 'could not save the send-limit counters'));
     this.log.info({ event: 'stopped', queued: this.scheduler.size, deliveriesCutShort: !finished }, 'stopped');
   }
 }

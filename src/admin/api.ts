@@ -13,6 +13,11 @@ import { ApiError, type ApiRoutes } from './server.js';
 
 import { LOG_LEVELS } from './config.js';
 
+/** Each send limit with its use and reset time, as `smarthost limits show` prints them. */
+function limitUses(daemon: Daemon) {
+  return (daemon.limits?.limiter.uses(daemon.clock.now()) ?? []).map((u) => ({ ...u, ...(u.resetsAt !== undefined ? { resetsAt: new Date(u.resetsAt).toISOString() } : {}) }));
+}
+
 type QueueAction = 'retry' | 'hold' | 'release' | 'delete' | 'bounce';
 const ACTIONS: readonly QueueAction[] = ['retry', 'hold', 'release', 'delete', 'bounce'];
 /** Actions `--all` may apply to (hold and bounce of everything are one typo from disaster). */
@@ -33,6 +38,19 @@ export function adminRoutes(daemon: Daemon): ApiRoutes {
       queue: summary([...s.records()], (id) => s.inFlight(id), daemon.clock.now()),
       ready: await daemon.readiness(),
     }),
+
+    'GET /api/limits': async () => ({ limits: limitUses(daemon) }),
+
+    'POST /api/limits/reset': async ({ body }) => {
+      const name = body.name;
+      if (name !== undefined && typeof name !== 'string') throw new ApiError(400, 'expected "name": an upstream name, or no name for every limit');
+      if (name !== undefined && !Object.hasOwn(daemon.config.upstreams, name)) throw new ApiError(404, `no upstream "${name}"`);
+      const cleared = daemon.limits?.limiter.reset(name) ?? 0;
+      await daemon.limits?.save();
+      daemon.log.info({ event: 'limits.reset', upstream: name ?? '*', counters: cleared, by: 'admin' }, `send limits reset${name ? ` for ${name}` : ''}`);
+      s.poke();
+      return { reset: name ?? 'all', counters: cleared };
+    },
 
     'GET /api/queue': async () => ({ messages: [...s.records()].map((r) => queueEntry(r, s.inFlight(r.id))) }),
 

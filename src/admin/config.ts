@@ -37,6 +37,8 @@ export const adminSchema = z
     upstreamDownAfter: intBetween(1, 1000).default(3),
     /** /readyz fails when an upstream has been down for longer than this. */
     upstreamDownReadyAfter: duration.prefault('15m'),
+    /** A down upstream is skipped by routes with fallbacks for this long, then one delivery probes it. */
+    upstreamProbeAfter: duration.prefault('1m'),
     /** Sender of `smarthost send-test`; default postmaster@<hostname>. */
     testSender: address.optional(),
   })

@@ -93,6 +93,8 @@ export interface RecipientExplanation {
   /** "routes[1] invoices", "user erp", "listener relay" or "default". */
   matched: string;
   upstream: { name: string; type: string; target: string };
+  /** Tried in turn when the upstream is down, over a send limit or answers with a temporary failure. */
+  fallbacks?: string[];
   /** The rules tried before the match, each with why it did not match; empty when the user's own upstream decided. */
   notMatched: { rule: string; reasons: string[] }[];
   routesConsulted: boolean;
@@ -153,6 +155,7 @@ export function explainRoute(config: Readonly<Config>, list: Pick<SuppressionLis
         ...(rcptRefused ? { rcptRefused } : {}),
         matched: decision.via,
         upstream: describeUpstream(decision.upstream, config.upstreams[decision.upstream]),
+        ...(decision.fallbacks ? { fallbacks: decision.fallbacks } : {}),
         notMatched: checks.filter((c: RuleCheck) => !c.matched).map((c) => ({ rule: c.rule, reasons: c.reasons })),
         routesConsulted: !decision.via.startsWith('user '),
         envelopeSender: { original: input.sender, rewritten: envelope.address, ...(by && envelope.address !== input.sender ? { by } : {}) },
@@ -258,6 +261,7 @@ export function formatExplanation(e: RouteExplanation): string {
     if (r.rcptRefused) out.push(line('RCPT TO', `refused: ${r.rcptRefused}`, i));
     out.push(line('route', r.matched, i));
     out.push(line('upstream', `${r.upstream.name} (${r.upstream.type}, ${r.upstream.target})`, i));
+    if (r.fallbacks) out.push(line('fallbacks', `${r.fallbacks.join(', ')} (on a temporary failure, a send limit or a down upstream)`, i));
     const env = r.envelopeSender;
     out.push(line('envelope sender', env.rewritten === env.original ? `${env.original || '<>'} (unchanged)` : `${env.rewritten} (was ${env.original}; by ${env.by})`, i));
     const hf = r.headerFrom;

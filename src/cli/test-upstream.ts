@@ -25,7 +25,7 @@ export async function testUpstream(config: Readonly<Config>, name: string, optio
     throw new UsageError(`"${name}" names no upstream; configured: ${Object.keys(config.upstreams).join(', ')}`);
   }
   // Loaded here so that the other commands do not pay for the upstreams' libraries (nodemailer, msal).
-  const [{ createUpstream, remoteHost }, { MicrosoftApps }, { createLogger }] = await Promise.all([
+  const [{ openUpstream, remoteHost }, { MicrosoftApps }, { createLogger }] = await Promise.all([
     import('../upstreams/index.js'),
     import('../upstreams/oauth/msal.js'),
     import('../log.js'),
@@ -34,7 +34,7 @@ export async function testUpstream(config: Readonly<Config>, name: string, optio
   print(`Testing upstream ${name} (${upstreamConfig.type}${host ? `, ${host}` : ''})`);
   // Failures are printed as steps; the token provider's own error log would only repeat them.
   const log = createLogger('silent');
-  const upstream = createUpstream(name, upstreamConfig, config.hostname, { log, microsoft: new MicrosoftApps(config.microsoft) });
+  const upstream = await openUpstream(name, upstreamConfig, config.hostname, { log, microsoft: new MicrosoftApps(config.microsoft) });
   try {
     if (!upstream.probe) {
       print(`  upstream type ${upstreamConfig.type} has no connection to test`);

@@ -60,8 +60,16 @@ function formatIssue(issue: z.core.$ZodIssue): string[] {
   }
   // A record key's own schema (e.g. an upstream name) says what is wrong better than "Invalid key in record".
   const detail = issue.code === 'invalid_key' && issue.issues[0] ? `invalid name: ${issue.issues[0].message}` : message;
-  const got = 'input' in issue && issue.input !== undefined && typeof issue.input !== 'object' ? `, got ${JSON.stringify(issue.input)}` : '';
+  const shown = 'input' in issue && issue.input !== undefined && typeof issue.input !== 'object' && !isSecretKey(issue.path.at(-1));
+  const got = shown ? `, got ${JSON.stringify(issue.input)}` : '';
   return [`${path || '(top level)'}: ${detail}${got}`];
+}
+
+/** Keys whose refused value may be a password mistyped into the wrong form: never echoed to the terminal. */
+const SECRET_KEYS = /^(pass|password|passwordHash|secret|clientSecret|secretKey|privateKey|token|serviceAccount|apiKey)$/i;
+
+function isSecretKey(key: PropertyKey | undefined): boolean {
+  return typeof key === 'string' && SECRET_KEYS.test(key);
 }
 
 function formatPath(path: readonly PropertyKey[]): string {

@@ -10,6 +10,7 @@ import { m365ConnectorUpstreamSchema, m365SmtpUpstreamSchema } from '../upstream
 import { appReferenceProblems, microsoftSection } from '../upstreams/oauth/microsoft-config.js';
 import { tagsSchema } from '../upstreams/tags.js';
 import { adminSchema } from '../admin/config.js';
+import { limitsSchema } from '../delivery/limits-config.js';
 import { secret } from './secret.js';
 import { byteSize, duration, intBetween, port } from './units.js';
 
@@ -113,7 +114,17 @@ const smtpUpstream = z.strictObject({
 
 const upstream = z.discriminatedUnion(
   'type',
-  [outboxUpstream, smtpUpstream, graphUpstreamSchema, m365SmtpUpstreamSchema, m365ConnectorUpstreamSchema, mailjetUpstreamSchema, mailjetSmtpUpstreamSchema, googleUpstreamSchema],
+  // Every upstream may carry send limits (src/delivery/limits-config.ts); the Microsoft ones have presets.
+  [
+    outboxUpstream.extend({ limits: limitsSchema.optional() }),
+    smtpUpstream.extend({ limits: limitsSchema.optional() }),
+    graphUpstreamSchema.extend({ limits: limitsSchema.optional() }),
+    m365SmtpUpstreamSchema.extend({ limits: limitsSchema.optional() }),
+    m365ConnectorUpstreamSchema.extend({ limits: limitsSchema.optional() }),
+    mailjetUpstreamSchema.extend({ limits: limitsSchema.optional() }),
+    mailjetSmtpUpstreamSchema, // turns into an smtp upstream; no limits of its own
+    googleUpstreamSchema.extend({ limits: limitsSchema.optional() }),
+  ],
   { error: 'expected "type" to be one of: outbox, smtp, graph, m365-smtp, m365-connector, mailjet, mailjet-smtp, google' },
 );
 
@@ -131,6 +142,11 @@ const route = z.strictObject({
     })
     .prefault({}),
   upstream: name,
+  /**
+   * Tried in turn within the same attempt when the upstream is down, over a send limit or answers with a
+   * temporary failure; a permanent (5xx) answer never fails over.
+   */
+  fallbacks: z.array(name).default([]),
   /** Force one central sender address (envelope and header From) for everything this route carries. */
   sender: address.optional(),
   testMode: testMode.optional(),
@@ -248,6 +264,7 @@ export const configSchema = z
       if (routes.has(r.name)) ctx.addIssue({ code: 'custom', path: ['routing', 'routes', i, 'name'], message: 'duplicate route name', input: r.name });
       routes.add(r.name);
       checkUpstream(r.upstream, ['routing', 'routes', i, 'upstream']);
+      r.fallbacks.forEach((f, j) => checkUpstream(f, ['routing', 'routes', i, 'fallbacks', j]));
       const listenerNames = new Set(config.listeners.map((l) => l.name));
       r.match.listener?.forEach((l, j) => {
         if (!listenerNames.has(l)) ctx.addIssue({ code: 'custom', path: ['routing', 'routes', i, 'match', 'listener', j], message: 'names no listener', input: l });

@@ -82,6 +82,7 @@ function forcedRoute(config: Pick<Config, 'routing'>, message: MessageRecord): R
   return {
     via: `routes[${i}] ${route.name} (forced)`,
     upstream: route.upstream,
+    ...(route.fallbacks.length > 0 ? { fallbacks: route.fallbacks } : {}),
     ...(route.sender ? { forcedSender: route.sender } : {}),
     ...(testMode ? { testMode } : {}),
   };

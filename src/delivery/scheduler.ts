@@ -5,11 +5,12 @@ import { toSmtpError } from '../smtp-error.js';
 import type { Spool } from '../spool/spool.js';
 import { nextDueAt, type MessageRecord, type RecipientState } from '../spool/record.js';
 import type { RouteDecision } from '../routing/route.js';
-import type { Upstream } from '../upstreams/upstream.js';
+import type { RecipientOutcome, Upstream } from '../upstreams/upstream.js';
 import type { Bouncer } from './bounce.js';
 import type { Clock } from './clock.js';
 import { DueQueue } from './due-queue.js';
-import type { DeliveryPlanner } from './planner.js';
+import type { SendLimiter } from './limits.js';
+import type { DeliveryPlanner, PreparedDelivery } from './planner.js';
 import type { DeliveryMetrics } from './metrics.js';
 import { NO_UPSTREAM } from './metrics.js';
 import { applyOutcome, completeOutcomes, expire, sameOutcomeForAll } from './outcomes.js';
@@ -32,6 +33,8 @@ export interface SchedulerOptions {
   metrics?: DeliveryMetrics;
   /** Consecutive connection-level failures per upstream; default: down after 3. */
   health?: UpstreamHealth;
+  /** Send limits per upstream or mailbox: mail over a limit waits for its window, without counting an attempt. */
+  limits?: SendLimiter;
 }
 
 /** What a reload may change without a restart. */
@@ -253,10 +256,54 @@ export class DeliveryScheduler {
     this.#records.set(record.id, record);
   }
 
-  async #deliverGroup(record: MessageRecord, decision: RouteDecision, recipients: string[]) {
-    const name = decision.upstream;
-    const configured = this.#o.upstreams.get(name);
-    const prepared = this.#o.planner.prepare(record, decision, recipients);
+  /**
+   * Delivers one route group: to the route's upstream, then, for the recipients a temporary failure, an
+   * unreachable (down) upstream or an exhausted send limit left over, to each fallback in turn within the
+   * same attempt. A permanent answer never fails over. The last upstream's answer is applied as it is.
+   */
+  async #deliverGroup(record: MessageRecord, decision: RouteDecision, recipients: string[]): Promise<RecipientState[]> {
+    const chain = [decision.upstream, ...(decision.fallbacks ?? [])];
+    const states: RecipientState[] = [];
+    let remaining = recipients;
+    let limitedUntil: number | undefined;
+    for (const [i, name] of chain.entries()) {
+      const last = i === chain.length - 1;
+      const now = this.#o.clock.now();
+      if (!last && !this.health.usable(name, now)) {
+        this.#o.log.info({ event: 'failover', queueId: record.id, upstream: name, next: chain[i + 1], reason: 'down', recipients: remaining }, `upstream ${name} is down; trying ${chain[i + 1]}`);
+        continue;
+      }
+      const prepared = this.#o.planner.prepare(record, decision, remaining);
+      const over = this.#overLimit(record, name, prepared.request.sender, prepared.request.recipients.length, remaining);
+      if (over !== undefined) {
+        limitedUntil = Math.min(limitedUntil ?? Infinity, over);
+        if (!last) this.#o.log.info({ event: 'failover', queueId: record.id, upstream: name, next: chain[i + 1], reason: 'limit', recipients: remaining }, `send limit of ${name} reached; trying ${chain[i + 1]}`);
+        continue;
+      }
+      this.health.attempt(name);
+      const { outcomes, started } = await this.#send(record, decision, name, prepared, remaining);
+      const moving = last ? [] : outcomes.filter((o) => !o.delivered && o.error.temporary).map((o) => o.recipient);
+      if (moving.length > 0) {
+        const reply = outcomes.find((o) => !o.delivered && moving.includes(o.recipient));
+        this.#o.log.info(
+          { event: 'failover', queueId: record.id, upstream: name, next: chain[i + 1], reason: 'temporary', recipients: moving, ...(reply && !reply.delivered ? { reply: reply.error.reply } : {}) },
+          `temporary failure at ${name}; trying ${chain[i + 1]}`,
+        );
+      }
+      states.push(...(await this.#applyOutcomes(record, decision, name, outcomes.filter((o) => !moving.includes(o.recipient)), started)));
+      remaining = moving;
+      if (remaining.length === 0) break;
+    }
+    // Every upstream left was over its limit: wait for the first window to free, counting no attempt.
+    if (remaining.length > 0 && limitedUntil !== undefined) {
+      const at = limitedUntil;
+      states.push(...record.recipients.filter((r) => remaining.includes(r.address)).map((r) => ({ ...r, nextAttemptAt: at })));
+    }
+    return states;
+  }
+
+  /** One delivery to one upstream, within its concurrency limit; a thrown error becomes every recipient's outcome. */
+  async #send(record: MessageRecord, decision: RouteDecision, name: string, prepared: PreparedDelivery, recipients: readonly string[]): Promise<{ outcomes: RecipientOutcome[]; started: number }> {
     this.#o.log.info(
       { event: 'routed', queueId: record.id, via: decision.via, upstream: name, recipients, sender: prepared.request.sender, ...(decision.testMode ? { testModeTo: decision.testMode.to } : {}) },
       'recipients routed',
@@ -264,9 +311,10 @@ export class DeliveryScheduler {
     if (prepared.rewrittenSender !== undefined) {
       this.#o.log.info({ event: 'rewritten', queueId: record.id, via: decision.via, sender: record.sender, rewrittenSender: prepared.rewrittenSender }, 'sender rewritten');
     }
+    const configured = this.#o.upstreams.get(name);
     const started = this.#o.clock.now();
     const release = await (this.#slots.get(name) ?? new Semaphore(1)).acquire();
-    let outcomes;
+    let outcomes: RecipientOutcome[];
     try {
       if (!configured) throw new Error(`route names unknown upstream "${name}"`);
       const delivered = completeOutcomes(prepared.request.recipients, await configured.upstream.deliver(prepared.request));
@@ -276,13 +324,17 @@ export class DeliveryScheduler {
     } finally {
       release();
     }
+    this.#judgeUpstream(name, outcomes, this.#o.clock.now());
+    return { outcomes, started };
+  }
+
+  async #applyOutcomes(record: MessageRecord, decision: RouteDecision, name: string, outcomes: readonly RecipientOutcome[], started: number): Promise<RecipientState[]> {
     const now = this.#o.clock.now();
     // One spread per group: recipients deferred together come back together, in one delivery.
     const spread = (this.#o.random ?? Math.random)();
     const ctx = { now, upstream: name, retry: this.#o.retry, random: () => spread };
     const states = outcomes.map((o) => applyOutcome(record.recipients.find((r) => r.address === o.recipient)!, o, ctx));
     this.#o.metrics?.duration.observe({ upstream: name }, (now - started) / 1000);
-    this.#judgeUpstream(name, outcomes, now);
     for (const o of outcomes) {
       const state = states.find((s) => s.address === o.recipient)!;
       this.#o.metrics?.recipient(name, o.delivered ? 'delivered' : state.status === 'failed' ? 'bounced' : 'deferred', o.delivered ? '2.0.0' : o.error.enhanced);
@@ -305,6 +357,30 @@ export class DeliveryScheduler {
     // In test mode the reply is the test address's, not the recipients'.
     if (!decision.testMode) await this.#addHardBounces(record.id, states);
     return states;
+  }
+
+  /**
+   * Checks and counts the send limits synchronously (no await between the two), so concurrent attempts never
+   * overspend a budget. Over a limit: answers the exact time the window frees (the caller fails over or lets
+   * the recipients wait until then, keeping their attempt count: a limit is not a failure). Counted when
+   * handed to the upstream.
+   */
+  #overLimit(record: MessageRecord, upstream: string, sender: string, count: number, recipients: readonly string[]): number | undefined {
+    const limits = this.#o.limits;
+    const key = limits?.key(upstream, sender);
+    if (!limits || key === undefined) return undefined;
+    const now = this.#o.clock.now();
+    const check = limits.check(key, count, now);
+    if (check.ok) {
+      limits.record(key, count, now);
+      return undefined;
+    }
+    const limit = `${check.rule.max} ${check.rule.unit} per ${check.rule.window}`;
+    this.#o.log.info(
+      { event: 'limit.deferred', queueId: record.id, upstream, key, limit, recipients, nextAttemptAt: new Date(check.retryAt).toISOString() },
+      `send limit reached (${limit}); waiting for the window`,
+    );
+    return check.retryAt;
   }
 
   /** Connection-level failures of every recipient count against the upstream; any other answer shows it is up. */

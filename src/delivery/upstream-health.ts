@@ -10,6 +10,10 @@ export interface UpstreamState {
   consecutiveFailures: number;
   /** Epoch ms of the failure that made it count as down. */
   downSince?: number;
+  /** While down: when one delivery may probe it again (each failed probe restarts the backoff). */
+  probeAt?: number;
+  /** While down: a probe delivery is under way, so no other delivery is sent to it. */
+  probing?: boolean;
   lastError?: string;
 }
 
@@ -19,6 +23,8 @@ export class UpstreamHealth {
   constructor(
     names: Iterable<string>,
     private readonly downAfter = 3,
+    /** How long a down upstream is skipped by routes with a fallback before one delivery probes it. */
+    private readonly backoffMs = 60_000,
   ) {
     for (const name of names) this.#states.set(name, { name, up: true, consecutiveFailures: 0 });
   }
@@ -36,6 +42,25 @@ export class UpstreamHealth {
       s.up = false;
       s.downSince = now;
     }
+    if (!s.up) {
+      s.probeAt = now + this.backoffMs;
+      delete s.probing;
+    }
+  }
+
+  /**
+   * Whether a delivery that could go elsewhere should go here: yes while up; while down only once its backoff
+   * has passed and no probe is under way. Pure: claim the probe with attempt() when the delivery is sent.
+   */
+  usable(name: string, now: number): boolean {
+    const s = this.#states.get(name);
+    return !s || s.up || (!s.probing && now >= (s.probeAt ?? 0));
+  }
+
+  /** A delivery is sent to the upstream now; if it is down, this delivery is its probe. */
+  attempt(name: string): void {
+    const s = this.#states.get(name);
+    if (s && !s.up) s.probing = true;
   }
 
   answered(name: string): void {
@@ -44,6 +69,8 @@ export class UpstreamHealth {
     s.consecutiveFailures = 0;
     delete s.downSince;
     delete s.lastError;
+    delete s.probeAt;
+    delete s.probing;
   }
 
   states(): UpstreamState[] {

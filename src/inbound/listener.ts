@@ -7,6 +7,7 @@ import type { Config } from '../config/schema.js';
 import { checkEnvelopeAddress } from '../policy/address-policy.js';
 import { checkHeaderFromAllowed, checkSenderAllowed } from '../policy/sender-policy.js';
 import { unreachableRecipient } from '../upstreams/reachability.js';
+import { tagLabel } from '../upstreams/tags.js';
 import { fieldValue, parseMailboxes, splitHeaderFields } from '../rewrite/header-block.js';
 import { NetworkList, normalizeIp } from '../policy/networks.js';
 import type { SuppressionSettings } from '../policy/suppression.js';
@@ -28,10 +29,15 @@ export interface ListenerDeps {
   log: Logger;
   /** Sender restrictions and the alias rules they must also hold for. */
   /** Sender restrictions, alias rules, and the routes and upstreams a recipient must be reachable through. */
-  policy: Pick<Config, 'users' | 'senderRestrictions' | 'rewrite' | 'routing' | 'listeners' | 'upstreams'>;
+  policy: Pick<Config, 'users' | 'senderRestrictions' | 'rewrite' | 'routing' | 'listeners' | 'upstreams'> & Partial<Pick<Config, 'tags'>>;
   /** With action refuse, listed recipients get 550 5.7.1 at RCPT TO. */
   suppression?: SuppressionSettings;
   metrics?: InboundMetrics;
+}
+
+function headerValue(block: Buffer | undefined, name: string): string | undefined {
+  const field = block && splitHeaderFields(block).find((f) => f.name === name.toLowerCase());
+  return field ? fieldValue(field) : undefined;
 }
 
 function headerFromAddresses(block: Buffer | undefined): string[] {
@@ -321,6 +327,8 @@ export class Listener {
           );
           this.deps.metrics?.messages.inc({ listener: this.config.name });
           this.deps.metrics?.messageSize.observe({ listener: this.config.name }, stored.size);
+          const tags = this.deps.policy.tags;
+          if (tags) this.deps.metrics?.tagged.inc({ listener: this.config.name, tag: tagLabel(tags, headerValue(message.headerBlock, tags.header)) });
           this.deps.accept(stored);
         },
         (err: unknown) => {

@@ -1,5 +1,6 @@
 import { Counter, Histogram, type Registry } from 'prom-client';
 import type { SmtpError } from '../smtp-error.js';
+import { TAG_NONE, TAG_OTHER, type TagsConfig } from '../upstreams/tags.js';
 
 /**
  * Why the listener refused something, as a bounded label: every refusal the listener makes itself maps to one
@@ -44,8 +45,10 @@ export class InboundMetrics {
   readonly rejections: Counter<'listener' | 'reason' | 'code'>;
   readonly authFailures: Counter<'listener'>;
   readonly messageSize: Histogram<'listener'>;
+  /** Accepted messages by their tag (tags.header), a label bounded by tags.allowed plus "none" and "other". */
+  readonly tagged: Counter<'listener' | 'tag'>;
 
-  constructor(registry: Registry, listeners: readonly string[]) {
+  constructor(registry: Registry, listeners: readonly string[], tags?: Pick<TagsConfig, 'allowed'>) {
     const registers = [registry];
     this.connections = new Counter({ name: 'smarthost_smtp_connections_total', help: 'SMTP connections opened, per listener', labelNames: ['listener'], registers });
     this.messages = new Counter({ name: 'smarthost_messages_received_total', help: 'Messages accepted and queued (250), per listener', labelNames: ['listener'], registers });
@@ -57,7 +60,15 @@ export class InboundMetrics {
     });
     this.authFailures = new Counter({ name: 'smarthost_smtp_auth_failures_total', help: 'Failed AUTH attempts, per listener', labelNames: ['listener'], registers });
     this.messageSize = new Histogram({ name: 'smarthost_message_size_bytes', help: 'Size of accepted messages', labelNames: ['listener'], buckets: SIZE_BUCKETS, registers });
+    this.tagged = new Counter({
+      name: 'smarthost_messages_received_by_tag_total',
+      help: 'Messages accepted and queued, per listener and tag (only allow-listed tag values; others count as "other")',
+      labelNames: ['listener', 'tag'],
+      registers,
+    });
+    const tagLabels = tags ? [...tags.allowed, TAG_NONE, TAG_OTHER] : [];
     for (const listener of listeners) {
+      for (const tag of tagLabels) this.tagged.inc({ listener, tag }, 0);
       this.connections.inc({ listener }, 0);
       this.messages.inc({ listener }, 0);
       this.authFailures.inc({ listener }, 0);

@@ -18,6 +18,8 @@ export interface RouteDecision {
   /** "routes[2] invoices", "user erp", "listener relay" or "default". */
   via: string;
   upstream: string;
+  /** Upstreams tried in turn, in the same attempt, when `upstream` is down, over a limit or fails temporarily. */
+  fallbacks?: string[];
   /** A central sender forced by the user or the route. */
   forcedSender?: string;
   testMode?: TestModeConfig;
@@ -50,6 +52,7 @@ export function chooseRoute(config: RoutingConfig, input: RoutingInput): { decis
     checks.push({ rule: `routes[${i}] ${route.name}`, matched: reasons.length === 0, reasons });
     if (reasons.length > 0) continue;
     const decision: RouteDecision = { via: `routes[${i}] ${route.name}`, upstream: route.upstream, ...globalTest };
+    if (route.fallbacks.length > 0) decision.fallbacks = route.fallbacks;
     if (route.testMode) decision.testMode = route.testMode;
     const forced = user?.sender ?? route.sender;
     if (forced) decision.forcedSender = forced;

@@ -1,8 +1,7 @@
-import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, open, readdir, readFile, rename, rm, unlink } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
+import { mkdir, open, readdir, readFile, rename, rm, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import { SmtpError } from '../smtp-error.js';
 import { DirSync } from './dir-sync.js';
 import { QUEUE_ID } from './queue-id.js';
@@ -10,6 +9,9 @@ import { parseRecord, serializeRecord, type MessageRecord } from './record.js';
 
 /** Envelope files read at once while the queue is loaded at start-up. */
 const RECOVERY_READS = 32;
+
+/** Body bytes gathered before one writev: a 4 KiB message is one write, a large one a write per 256 KiB. */
+const WRITE_BATCH = 256 * 1024;
 
 /**
  * The spool keeps each message as two files in queue/: <id>.eml, the body exactly as accepted and never
@@ -53,17 +55,28 @@ export class Spool {
   async store(source: Readable, record: MessageRecord, finish?: (record: MessageRecord) => void): Promise<MessageRecord> {
     const tmpBody = join(this.incomingDir, `${record.id}.eml`);
     const tmpMeta = join(this.incomingDir, `${record.id}.json`);
+    let body: FileHandle | undefined;
+    // The iterator below reports the source's first error; one emitted after it stopped reading (a stage that
+    // fails again while being destroyed) is the same failure, not an uncaught exception.
+    source.on('error', ignore);
     try {
-      // flush: the file is fsync'ed before it is closed, and pipeline resolves only after the close.
-      await pipeline(source, createWriteStream(tmpBody, { flags: 'wx', flush: true, highWaterMark: 256 * 1024 }));
+      body = await open(tmpBody, 'wx');
+      await writeStream(source, body);
       finish?.(record);
-      await writeDurably(tmpMeta, serializeRecord(record));
+      // Both files fsync'ed (concurrently) before either is renamed; the body goes into queue/ first.
+      // allSettled: neither write may still be running when a failure's cleanup removes the files.
+      const written = await Promise.allSettled([body.sync(), writeDurably(tmpMeta, serializeRecord(record))]);
+      for (const w of written) if (w.status === 'rejected') throw w.reason;
+      const closing = body;
+      body = undefined;
+      await closing.close();
       await rename(tmpBody, this.bodyPath(record.id));
       await rename(tmpMeta, this.#metaPath(record.id));
       await this.#queueSync.sync();
       return record;
     } catch (err) {
       source.destroy();
+      await body?.close().catch(() => {});
       await Promise.all([tmpBody, tmpMeta, this.bodyPath(record.id), this.#metaPath(record.id)].map((p) => rm(p, { force: true }).catch(() => {})));
       if (err instanceof SmtpError) throw err;
       throw new SmtpError(451, '4.3.0', 'Local error in processing: could not queue the message, try again later', { cause: err });
@@ -153,6 +166,38 @@ export class Spool {
   }
 }
 
+/**
+ * Copies `source` into `handle`, gathering chunks into one writev per WRITE_BATCH bytes. The source's own
+ * error (or a premature close) is thrown as is.
+ */
+async function writeStream(source: Readable, handle: FileHandle): Promise<void> {
+  let batch: Buffer[] = [];
+  let batched = 0;
+  for await (const chunk of source as AsyncIterable<Buffer | string>) {
+    const buffer = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
+    batch.push(buffer);
+    batched += buffer.length;
+    if (batched >= WRITE_BATCH) {
+      await writeAll(handle, batch, batched);
+      batch = [];
+      batched = 0;
+    }
+  }
+  if (batched > 0) await writeAll(handle, batch, batched);
+}
+
+async function writeAll(handle: FileHandle, chunks: Buffer[], length: number): Promise<void> {
+  const { bytesWritten } = await handle.writev(chunks);
+  if (bytesWritten === length) return;
+  // A short write (a full disk reports ENOSPC on the next one): the rest, from where it stopped.
+  const rest = Buffer.concat(chunks).subarray(bytesWritten);
+  for (let offset = 0; offset < rest.length; ) {
+    const written = (await handle.write(rest, offset)).bytesWritten;
+    if (written === 0) throw new Error('the body file accepted no more bytes');
+    offset += written;
+  }
+}
+
 async function writeDurably(path: string, data: Buffer): Promise<void> {
   const handle = await open(path, 'w');
   try {
@@ -162,6 +207,8 @@ async function writeDurably(path: string, data: Buffer): Promise<void> {
     await handle.close();
   }
 }
+
+function ignore(): void {}
 
 function ignoreMissing(err: NodeJS.ErrnoException): void {
   if (err.code !== 'ENOENT') throw err;

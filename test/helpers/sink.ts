@@ -29,6 +29,8 @@ export interface SinkOptions {
   tls?: { key: Buffer | string; cert: Buffer | string };
   /** require AUTH with these credentials (PLAIN/LOGIN) */
   auth?: { user: string; pass: string };
+  /** Listen on this port (e.g. where an upstream that refused connections comes back); default: any free one. */
+  port?: number;
 }
 
 export interface Sink {
@@ -217,7 +219,7 @@ export function startSink(options: SinkOptions = {}): Promise<Sink> {
   return new Promise<Sink>((resolve, reject) => {
     const onStartError = (err: Error): void => reject(err);
     server.once('error', onStartError);
-    server.listen(0, HOST, () => {
+    server.listen(options.port ?? 0, HOST, () => {
       server.off('error', onStartError);
       server.on('error', onRuntimeError);
       sink.port = (server.server.address() as AddressInfo).port;

@@ -179,8 +179,8 @@ test('a plaintext user password is refused and points at hash-password', () => {
   assertProblem(yaml({ extra: 'users: [{ name: scanner, password: hunter2 }]' }), /^users\[0\]\.password: plaintext passwords are refused.*hash-password/);
 });
 
-test('a passwordHash that is not an scrypt hash is refused', () => {
-  assertProblem(yaml({ extra: 'users: [{ name: scanner, passwordHash: "md5:abc" }]' }), /^users\[0\]\.passwordHash: expected a hash printed by "smarthost hash-password".*, got "md5:abc"$/);
+test('a passwordHash that is not an scrypt hash is refused without echoing it (it may be a pasted password)', () => {
+  assertProblem(yaml({ extra: 'users: [{ name: scanner, passwordHash: "md5:abc" }]' }), /^users\[0\]\.passwordHash: expected a hash printed by "smarthost hash-password"[^,]*$/);
 });
 
 test('a passwordHash with a cost scrypt cannot run is refused', () => {

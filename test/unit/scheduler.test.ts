@@ -7,6 +7,7 @@ import { Readable, Writable } from 'node:stream';
 import type { RetryConfig } from '../../src/config/schema.js';
 import { Bouncer } from '../../src/delivery/bounce.js';
 import type { Clock } from '../../src/delivery/clock.js';
+import { SendLimiter } from '../../src/delivery/limits.js';
 import { createPlanner } from '../../src/delivery/planner.js';
 import { DeliveryScheduler } from '../../src/delivery/scheduler.js';
 import { createLogger } from '../../src/log.js';
@@ -155,6 +156,7 @@ interface Harness {
   spool: Spool;
   clock: ManualClock;
   upstream: ScriptedUpstream;
+  backup: ScriptedUpstream;
   scheduler: DeliveryScheduler;
   logs: Record<string, unknown>[];
   /** Spools a message from SENDER (or `sender`) and hands it to the scheduler, then lets it run. */
@@ -175,6 +177,9 @@ interface HarnessOptions {
   start?: number;
   /** The first DSN cannot be queued (e.g. the disk is full). */
   failFirstDsn?: boolean;
+  limits?: SendLimiter;
+  /** A second upstream "backup", listed as the fallback of a catch-all route to "fake". */
+  fallback?: boolean;
 }
 
 /** A Bouncer whose first notify() fails as if the spool could not store the DSN. */
@@ -195,6 +200,7 @@ async function harness(t: TestContext, o: HarnessOptions = {}): Promise<Harness>
   const spool = await Spool.open(dir);
   const clock = new ManualClock(o.start ?? T0);
   const upstream = new ScriptedUpstream(clock);
+  const backup = new ScriptedUpstream(clock);
   const logs: Record<string, unknown>[] = [];
   const sink = new Writable({
     write(chunk: Buffer, _encoding, callback) {
@@ -208,14 +214,26 @@ async function harness(t: TestContext, o: HarnessOptions = {}): Promise<Harness>
   const bouncer = o.failFirstDsn ? new FlakyBouncer(bouncerOptions) : new Bouncer(bouncerOptions);
   scheduler = new DeliveryScheduler({
     spool,
-    upstreams: new Map([['fake', { upstream, maxConcurrency: o.upstreamConcurrency ?? 4 }]]),
-    planner: createPlanner({ routing: { routes: [], default: 'fake' }, users: [], listeners: [], rewrite: [] }, spool),
+    upstreams: new Map([
+      ['fake', { upstream, maxConcurrency: o.upstreamConcurrency ?? 4 }],
+      ...(o.fallback ? [['backup', { upstream: backup, maxConcurrency: 4 }] as const] : []),
+    ]),
+    planner: createPlanner(
+      {
+        routing: { routes: o.fallback ? [{ name: 'all', match: {}, upstream: 'fake', fallbacks: ['backup'] }] : [], default: 'fake' },
+        users: [],
+        listeners: [],
+        rewrite: [],
+      },
+      spool,
+    ),
     bouncer,
     retry: { ...POSTFIX_RETRY, ...o.retry },
     maxConcurrency: o.maxConcurrency ?? 10,
     clock,
     log,
     random: () => 0.5,
+    ...(o.limits ? { limits: o.limits } : {}),
   });
   const s = scheduler;
   t.after(() => s.stop(0));
@@ -226,6 +244,7 @@ async function harness(t: TestContext, o: HarnessOptions = {}): Promise<Harness>
     spool,
     clock,
     upstream,
+    backup,
     scheduler: s,
     logs,
     settle,
@@ -596,4 +615,113 @@ test('a DSN that could not be queued is retried later without delivering the del
   );
   assert.match(h.upstream.calls[1]?.body ?? '', /^Final-Recipient: rfc822; c@example\.net\r$/m);
   assert.deepEqual(await h.queueFiles(), []);
+});
+
+test('send limit: a burst of 100 messages through an upstream limited to 30 per minute goes out 30 a minute, none bounced', async (t) => {
+  const limits = new SendLimiter(new Map([['fake', { messagesPerMinute: 30, perMailbox: true, mode: 'fixed' as const }]]));
+  const h = await harness(t, { limits, maxConcurrency: 10 });
+  for (let i = 0; i < 100; i++) {
+    const record = createRecord({
+      id: newQueueId(T0),
+      sender: SENDER,
+      recipients: [`r${i}@example.net`],
+      receivedAt: T0,
+      client: { address: '192.0.2.10', listener: 'relay', tls: false },
+    });
+    await h.spool.store(Readable.from([Buffer.from(BODY)]), record);
+    h.scheduler.add(record);
+  }
+  await h.settle();
+  for (let minute = 1; minute <= 4; minute++) await h.advance(MINUTE);
+
+  const perMinute = new Map<number, number>();
+  for (const c of h.upstream.calls) perMinute.set(c.at - T0, (perMinute.get(c.at - T0) ?? 0) + 1);
+  assert.deepEqual([...perMinute], [
+    [0, 30],
+    [MINUTE, 30],
+    [2 * MINUTE, 30],
+    [3 * MINUTE, 10],
+  ]);
+  assert.equal(new Set(h.upstream.calls.map((c) => c.recipients[0])).size, 100, 'each message delivered once');
+  assert.equal(h.upstream.calls.filter(isBounce).length, 0, 'none bounced');
+  assert.equal(h.events('limit.deferred').length, 70 + 40 + 10);
+  assert.equal(h.events('delivery').filter((e) => e.result !== 'delivered').length, 0, 'a limit is not a failed delivery');
+  assert.ok(h.events('delivery').every((e) => e.attempt === 1), 'waiting for the window counts no attempt');
+  assert.deepEqual(await h.queueFiles(), []);
+});
+
+test('send limit: mailboxes limited per mailbox do not wait for each other', async (t) => {
+  const limits = new SendLimiter(new Map([['fake', { messagesPerMinute: 1, perMailbox: true, mode: 'fixed' as const }]]));
+  const h = await harness(t, { limits });
+  await h.queue(['a@example.net'], 'one@example.com');
+  await h.queue(['b@example.net'], 'two@example.com');
+  await h.queue(['c@example.net'], 'one@example.com');
+  assert.deepEqual(h.upstream.calls.map((c) => c.recipients[0]), ['a@example.net', 'b@example.net']);
+  await h.advance(MINUTE);
+  assert.deepEqual(h.upstream.calls.map((c) => [c.recipients[0], c.at - T0]).slice(2), [['c@example.net', MINUTE]]);
+});
+
+const refused = () => new SmtpError(421, '4.4.1', 'connection refused');
+
+test('failover: a temporary failure at the route\'s upstream moves the recipient to its fallback in the same attempt', async (t) => {
+  const h = await harness(t, { fallback: true });
+  h.upstream.script('a@example.net', deferral());
+  await h.queue(['a@example.net']);
+  assert.equal(h.upstream.calls.length, 1);
+  assert.deepEqual(h.backup.calls.map((c) => [c.recipients, c.at]), [[['a@example.net'], T0]]);
+  const [delivery] = h.events('delivery');
+  assert.deepEqual([delivery!.upstream, delivery!.result, delivery!.attempt], ['backup', 'delivered', 1]);
+  assert.equal(h.events('failover')[0]!.reason, 'temporary');
+  assert.deepEqual(await h.queueFiles(), []);
+});
+
+test('failover: a permanent (5xx) answer never fails over; the sender gets a DSN', async (t) => {
+  const h = await harness(t, { fallback: true });
+  h.upstream.script('a@example.net', rejection());
+  await h.queue(['a@example.net']);
+  assert.deepEqual(h.backup.calls.filter((c) => !isBounce(c)), [], 'the fallback never saw the message');
+  assert.equal(h.events('delivery')[0]!.result, 'bounced');
+  assert.equal(h.events('failover').length, 0);
+});
+
+test('failover: an upstream down after refusing connections is skipped, probed with one delivery after its backoff, and used again once it answers', async (t) => {
+  const h = await harness(t, { fallback: true });
+  for (const r of ['a', 'b', 'c']) h.upstream.script(`${r}@example.net`, refused());
+  for (const r of ['a', 'b', 'c']) await h.queue([`${r}@example.net`]);
+  assert.equal(h.upstream.calls.length, 3, 'each tried the route\'s upstream first');
+  assert.equal(h.scheduler.health.states().find((s) => s.name === 'fake')!.up, false, 'down after 3 refused connections');
+
+  await h.queue(['d@example.net']);
+  assert.equal(h.upstream.calls.length, 3, 'a down upstream is skipped');
+  assert.ok(h.events('failover').some((e) => e.reason === 'down' && e.upstream === 'fake'));
+
+  await h.advance(60 * SECOND);
+  await h.queue(['e@example.net']);
+  await h.queue(['f@example.net']);
+  assert.deepEqual(h.upstream.calls.slice(3).map((c) => c.recipients), [['e@example.net'], ['f@example.net']], 'probed after the backoff; back in use once it answered');
+  assert.equal(h.scheduler.health.states().find((s) => s.name === 'fake')!.up, true);
+  assert.deepEqual(h.backup.calls.map((c) => c.recipients[0]), ['a@example.net', 'b@example.net', 'c@example.net', 'd@example.net']);
+  assert.equal(h.events('delivery').filter((e) => e.result !== 'delivered').length, 0, 'nothing deferred or bounced');
+});
+
+test('failover: a failed probe keeps the upstream down for another backoff; meanwhile mail goes to the fallback', async (t) => {
+  const h = await harness(t, { fallback: true });
+  for (const r of ['a', 'b', 'c', 'p']) h.upstream.script(`${r}@example.net`, refused());
+  for (const r of ['a', 'b', 'c']) await h.queue([`${r}@example.net`]);
+  await h.advance(60 * SECOND);
+  await h.queue(['p@example.net']);
+  assert.equal(h.upstream.calls.at(-1)!.recipients[0], 'p@example.net', 'the probe');
+  await h.queue(['q@example.net']);
+  assert.equal(h.upstream.calls.length, 4, 'skipped again after the failed probe');
+  assert.deepEqual(h.backup.calls.map((c) => c.recipients[0]).slice(-2), ['p@example.net', 'q@example.net']);
+});
+
+test('failover: an upstream over its send limit hands the next messages to the fallback', async (t) => {
+  const limits = new SendLimiter(new Map([['fake', { messagesPerMinute: 1, perMailbox: false, mode: 'fixed' as const }]]));
+  const h = await harness(t, { fallback: true, limits });
+  await h.queue(['a@example.net']);
+  await h.queue(['b@example.net']);
+  assert.deepEqual(h.upstream.calls.map((c) => c.recipients[0]), ['a@example.net']);
+  assert.deepEqual(h.backup.calls.map((c) => c.recipients[0]), ['b@example.net']);
+  assert.equal(h.events('failover')[0]!.reason, 'limit');
 });

@@ -1,0 +1,197 @@
+/**
+ * Outbound send limits: messages and recipients per minute, hour, day and week, per upstream or per sending
+ * mailbox of an upstream. Pure: the caller passes `now`, so windows are tested without sleeping. Mail over a
+ * limit is not refused here; check() answers the exact time the window lets it through, and the scheduler
+ * defers the recipients to then.
+ *
+ * fixed windows start at multiples of their length since the epoch (UTC midnight for days, Thursday 00:00 UTC
+ * for weeks) and reset whole; sliding windows count what was sent in the last window length.
+ */
+export const LIMIT_WINDOWS = { minute: 60_000, hour: 3_600_000, day: 86_400_000, week: 604_800_000 } as const;
+export type LimitWindow = keyof typeof LIMIT_WINDOWS;
+export type LimitUnit = 'messages' | 'recipients';
+
+export interface LimitsConfig {
+  messagesPerMinute?: number | undefined;
+  messagesPerHour?: number | undefined;
+  messagesPerDay?: number | undefined;
+  messagesPerWeek?: number | undefined;
+  recipientsPerMinute?: number | undefined;
+  recipientsPerHour?: number | undefined;
+  recipientsPerDay?: number | undefined;
+  recipientsPerWeek?: number | undefined;
+  /** Count each envelope sender separately (Exchange Online counts per mailbox). */
+  perMailbox: boolean;
+  mode: 'fixed' | 'sliding';
+}
+
+/** One configured limit: so many messages or recipients per window. */
+export interface LimitRule {
+  unit: LimitUnit;
+  window: LimitWindow;
+  max: number;
+}
+
+export type LimitCheck = { ok: true } | { ok: false; retryAt: number; rule: LimitRule };
+
+/** What one key has sent: for each rule, [time, messages, recipients] events (sliding) or one window's totals (fixed). */
+interface Usage {
+  events: [at: number, messages: number, recipients: number][];
+}
+
+export interface LimitUse {
+  key: string;
+  unit: LimitUnit;
+  window: LimitWindow;
+  max: number;
+  used: number;
+  /** When the use drops (fixed: the whole window resets; sliding: the oldest counted send leaves it). */
+  resetsAt: number | undefined;
+}
+
+export interface LimiterSnapshot {
+  version: 1;
+  usage: Record<string, [number, number, number][]>;
+}
+
+export function limitRules(config: LimitsConfig): LimitRule[] {
+  const rules: LimitRule[] = [];
+  for (const unit of ['messages', 'recipients'] as const) {
+    for (const window of Object.keys(LIMIT_WINDOWS) as LimitWindow[]) {
+      const max = config[`${unit}Per${window[0]!.toUpperCase()}${window.slice(1)}` as keyof LimitsConfig];
+      if (typeof max === 'number') rules.push({ unit, window, max });
+    }
+  }
+  return rules;
+}
+
+/** Thursday 1970-01-01 is day 0; weeks start on Monday 00:00 UTC. */
+const WEEK_OFFSET = 4 * 86_400_000;
+
+function windowStart(window: LimitWindow, now: number): number {
+  const length = LIMIT_WINDOWS[window];
+  const offset = window === 'week' ? WEEK_OFFSET : 0;
+  return Math.floor((now - offset) / length) * length + offset;
+}
+
+export class SendLimiter {
+  readonly #limits: ReadonlyMap<string, LimitsConfig>;
+  readonly #usage = new Map<string, Usage>();
+  /** Bumped on every change, so a writer knows whether there is anything to save. */
+  version = 0;
+
+  /** limits: per upstream name. */
+  constructor(limits: ReadonlyMap<string, LimitsConfig>) {
+    this.#limits = limits;
+  }
+
+  /** The counter key for mail from `sender` through `upstream`, or undefined when the upstream has no limits. */
+  key(upstream: string, sender: string): string | undefined {
+    const config = this.#limits.get(upstream);
+    if (!config || limitRules(config).length === 0) return undefined;
+    return config.perMailbox ? `${upstream}/${sender.toLowerCase()}` : upstream;
+  }
+
+  /** Whether one message to `recipients` recipients may go now; if not, the earliest time it may. */
+  check(key: string, recipients: number, now: number): LimitCheck {
+    const config = this.#configFor(key);
+    if (!config) return { ok: true };
+    const events = this.#events(key, now);
+    let worst: LimitCheck = { ok: true };
+    for (const rule of limitRules(config)) {
+      const need = rule.unit === 'messages' ? 1 : recipients;
+      // One message bigger than the whole budget can never fit: let it through alone in an empty window.
+      const retryAt = this.#freeAt(config.mode, rule, events, need, now);
+      if (retryAt !== undefined && retryAt > now && (worst.ok || retryAt > worst.retryAt)) worst = { ok: false, retryAt, rule };
+    }
+    return worst;
+  }
+
+  /** Counts one message to `recipients` recipients sent (or handed to the upstream) at `now`. */
+  record(key: string, recipients: number, now: number): void {
+    if (!this.#configFor(key)) return;
+    const usage = this.#usage.get(key) ?? { events: [] };
+    usage.events.push([now, 1, recipients]);
+    this.#usage.set(key, usage);
+    this.version++;
+  }
+
+  /** Forgets what was sent through an upstream (every mailbox of it) or, without a name, through all. */
+  reset(upstream?: string): number {
+    let cleared = 0;
+    for (const key of [...this.#usage.keys()]) {
+      if (upstream === undefined || key === upstream || key.startsWith(`${upstream}/`)) {
+        this.#usage.delete(key);
+        cleared++;
+      }
+    }
+    this.version++;
+    return cleared;
+  }
+
+  /** Each limit of each key with any use, for `smarthost limits show`. */
+  uses(now: number): LimitUse[] {
+    const out: LimitUse[] = [];
+    for (const key of [...this.#usage.keys()].sort()) {
+      const config = this.#configFor(key);
+      if (!config) continue;
+      const events = this.#events(key, now);
+      for (const rule of limitRules(config)) {
+        const counted = this.#counted(config.mode, rule, events, now);
+        const used = counted.reduce((sum, e) => sum + (rule.unit === 'messages' ? e[1] : e[2]), 0);
+        const resetsAt = counted.length === 0 ? undefined : config.mode === 'fixed' ? windowStart(rule.window, now) + LIMIT_WINDOWS[rule.window] : counted[0]![0] + LIMIT_WINDOWS[rule.window];
+        out.push({ key, ...rule, used, resetsAt });
+      }
+    }
+    return out;
+  }
+
+  snapshot(): LimiterSnapshot {
+    return { version: 1, usage: Object.fromEntries([...this.#usage].map(([k, u]) => [k, u.events.map((e) => [...e] as [number, number, number])])) };
+  }
+
+  /** Takes over counters saved by snapshot(); keys of upstreams no longer limited are dropped. */
+  restore(snapshot: LimiterSnapshot): void {
+    this.#usage.clear();
+    for (const [key, events] of Object.entries(snapshot.usage)) {
+      if (this.#configFor(key)) this.#usage.set(key, { events: events.map((e) => [e[0], e[1], e[2]]) });
+    }
+    this.version++;
+  }
+
+  #configFor(key: string): LimitsConfig | undefined {
+    const slash = key.indexOf('/');
+    return this.#limits.get(slash === -1 ? key : key.slice(0, slash));
+  }
+
+  /** The key's events, without those older than the longest window (they can no longer count). */
+  #events(key: string, now: number): [number, number, number][] {
+    const usage = this.#usage.get(key);
+    if (!usage) return [];
+    const horizon = now - LIMIT_WINDOWS.week;
+    const firstKept = usage.events.findIndex((e) => e[0] > horizon);
+    if (firstKept === -1) usage.events = [];
+    else if (firstKept > 0) usage.events = usage.events.slice(firstKept);
+    return usage.events;
+  }
+
+  #counted(mode: LimitsConfig['mode'], rule: LimitRule, events: readonly [number, number, number][], now: number) {
+    const from = mode === 'fixed' ? windowStart(rule.window, now) : now - LIMIT_WINDOWS[rule.window] + 1;
+    return events.filter((e) => e[0] >= from && e[0] <= now);
+  }
+
+  /** When `need` more fits under the rule: now if it fits, else the earliest later time; undefined = fits now. */
+  #freeAt(mode: LimitsConfig['mode'], rule: LimitRule, events: readonly [number, number, number][], need: number, now: number): number | undefined {
+    const counted = this.#counted(mode, rule, events, now);
+    const amount = (e: readonly [number, number, number]) => (rule.unit === 'messages' ? e[1] : e[2]);
+    let used = counted.reduce((sum, e) => sum + amount(e), 0);
+    if (used === 0 || used + need <= rule.max) return undefined;
+    if (mode === 'fixed') return windowStart(rule.window, now) + LIMIT_WINDOWS[rule.window];
+    // Sliding: wait until enough of the oldest sends have left the window.
+    for (const e of counted) {
+      used -= amount(e);
+      if (used === 0 || used + need <= rule.max) return e[0] + LIMIT_WINDOWS[rule.window];
+    }
+    return now;
+  }
+}
