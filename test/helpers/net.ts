@@ -4,18 +4,26 @@
  * the bytes they want).
  */
 import net from 'node:net';
-import type { AddressInfo } from 'node:net';
 
-/** Returns a currently free TCP port on `host` (listen on port 0, read it, close). */
+/**
+ * A currently free TCP port on `host`, for a server the test starts a moment later. Chosen below the kernel's
+ * ephemeral range (32768 and up here), where port 0 would pick: client sockets of tests running in parallel
+ * take ephemeral ports at any time and could grab the port between this probe and the real bind.
+ */
 export async function freePort(host = '127.0.0.1'): Promise<number> {
-  return new Promise<number>((resolve, reject) => {
+  for (let attempt = 0; attempt < 200; attempt++) {
+    const port = 10_000 + Math.floor(Math.random() * 22_000);
+    if (await canBind(port, host)) return port;
+  }
+  throw new Error(`no free port found on ${host}`);
+}
+
+function canBind(port: number, host: string): Promise<boolean> {
+  return new Promise((resolve) => {
     const server = net.createServer();
     server.unref();
-    server.once('error', reject);
-    server.listen(0, host, () => {
-      const { port } = server.address() as AddressInfo;
-      server.close((err) => (err ? reject(err) : resolve(port)));
-    });
+    server.once('error', () => resolve(false));
+    server.listen(port, host, () => server.close(() => resolve(true)));
   });
 }
 
