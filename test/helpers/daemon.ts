@@ -67,7 +67,28 @@ export interface InProcessDaemon {
   stop(): Promise<void>;
 }
 
+/**
+ * A port picked by freePort can still be taken by a test running in parallel before the daemon binds it. On
+ * EADDRINUSE the config's ports are picked anew (in place, so the caller sees them) and the start retried.
+ */
+async function withPortRetry<T>(config: Record<string, unknown>, start: () => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await start();
+    } catch (err) {
+      if (attempt >= 3 || !/EADDRINUSE/.test(String((err as Error).message))) throw err;
+      for (const l of config.listeners as { port: number }[]) l.port = await freePort();
+      const admin = config.admin as { port?: number } | undefined;
+      if (admin?.port) admin.port = await freePort();
+    }
+  }
+}
+
 export async function startInProcess(config: Record<string, unknown>): Promise<InProcessDaemon> {
+  return withPortRetry(config, () => startInProcessOnce(config));
+}
+
+async function startInProcessOnce(config: Record<string, unknown>): Promise<InProcessDaemon> {
   const parsed = parseConfig(stringify(config), 'test');
   const lines: Record<string, unknown>[] = [];
   const waiters = new Set<{ match: (l: Record<string, unknown>) => boolean; resolve: (l: Record<string, unknown>) => void }>();
@@ -112,6 +133,10 @@ export interface ChildDaemon {
 
 /** Runs the built CLI; resolves once every configured listener logged "listening". */
 export async function spawnDaemon(config: Record<string, unknown>, dir: string, args: string[] = []): Promise<ChildDaemon> {
+  return withPortRetry(config, () => spawnDaemonOnce(config, dir, args));
+}
+
+async function spawnDaemonOnce(config: Record<string, unknown>, dir: string, args: string[]): Promise<ChildDaemon> {
   const configFile = join(dir, `config-${Date.now()}.yaml`);
   await writeFile(configFile, stringify(config));
   const proc = spawn(process.execPath, [CLI, 'start', '--config', configFile, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
