@@ -2,17 +2,20 @@
  * Starting smarthost for tests, two ways: in this process (Daemon.start with a config built here, logs
  * captured), or as the built CLI in a child process (for SIGTERM/SIGKILL and restart scenarios).
  */
+import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { fileURLToPath } from 'node:url';
+import nodemailer from 'nodemailer';
 import { stringify } from 'yaml';
 import { parseConfig } from '../../src/config/load.js';
 import { Daemon } from '../../src/daemon.js';
 import { createLogger } from '../../src/log.js';
 import { freePort } from './net.js';
+import { startSink, type Sink } from './sink.js';
 
 export const CLI = fileURLToPath(new URL('../../src/cli.js', import.meta.url));
 
@@ -169,4 +172,35 @@ async function spawnDaemonOnce(config: Record<string, unknown>, dir: string, arg
   const count = (config.listeners as unknown[]).length;
   await child.waitForOutput(new RegExp(`("event":"listening"[^\\n]*\\n[^]*){${count}}`));
   return child;
+}
+
+/** Sends one raw message to the daemon's relay listener with nodemailer; returns the queue ID of the 250 reply. */
+export async function sendRaw(relay: InProcessDaemon, from: string, to: string[], raw: string | Buffer): Promise<string> {
+  const client = nodemailer.createTransport({ host: '127.0.0.1', port: relay.port('relay'), secure: false, ignoreTLS: true });
+  try {
+    const info = await client.sendMail({ envelope: { from, to }, raw });
+    const m = /queued as ([0-9A-Z]{22})$/.exec(info.response);
+    assert.ok(m, `unexpected reply: ${info.response}`);
+    return m[1]!;
+  } finally {
+    client.close();
+  }
+}
+
+/** The common set-up: a sink upstream and a default test daemon relaying to it; stop() tears down all three. */
+export async function startRelayToSink(): Promise<{ relay: InProcessDaemon; sink: Sink; stop(): Promise<void> }> {
+  const dir = await tempDir();
+  const sink = await startSink();
+  const relay = await startInProcess(
+    await testConfig({ dir: dir.path, upstreams: { sink: { type: 'smtp', host: '127.0.0.1', port: sink.port, security: 'none' } } }),
+  );
+  return {
+    relay,
+    sink,
+    async stop() {
+      await relay.stop();
+      await sink.close();
+      await dir.remove();
+    },
+  };
 }

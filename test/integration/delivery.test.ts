@@ -5,8 +5,7 @@
 import assert from 'node:assert/strict';
 import { readdir } from 'node:fs/promises';
 import { test, type TestContext } from 'node:test';
-import nodemailer from 'nodemailer';
-import { startInProcess, tempDir, testConfig, type InProcessDaemon } from '../helpers/daemon.js';
+import { type InProcessDaemon, sendRaw, startInProcess, tempDir, testConfig } from '../helpers/daemon.js';
 import { freePort } from '../helpers/net.js';
 import { startSink, type Sink, type SinkBehaviour, type SinkMessage } from '../helpers/sink.js';
 import { makeTestCertificate } from '../helpers/tls.js';
@@ -30,18 +29,6 @@ async function sinkFor(t: TestContext, options: Parameters<typeof startSink>[0] 
   return sink;
 }
 
-/** Sends one raw message to the relay listener; returns the queue ID from the 250 reply. */
-async function send(relay: InProcessDaemon, from: string, to: string[], raw: string): Promise<string> {
-  const client = nodemailer.createTransport({ host: '127.0.0.1', port: relay.port('relay'), secure: false, ignoreTLS: true });
-  try {
-    const info = await client.sendMail({ envelope: { from, to }, raw });
-    const m = /queued as ([0-9A-Z]{22})$/.exec(info.response);
-    assert.ok(m, `unexpected reply: ${info.response}`);
-    return m[1]!;
-  } finally {
-    client.close();
-  }
-}
 
 function message(subject: string, messageId: string, from = 'app@origin.test'): string {
   return `From: ${from}\r\nTo: someone@dest.test\r\nSubject: ${subject}\r\nMessage-ID: ${messageId}\r\n\r\nbody of ${subject}\r\n`;
@@ -88,7 +75,7 @@ test('partial failure: accepted recipient once, permanent one bounced with an RF
 
   const sender = 'app@origin.test';
   const recipients = ['ok@dest.test', 'later@dest.test', 'nobody@dest.test'];
-  const queueId = await send(relay, sender, recipients, message('quarterly report', '<partial-1@origin.test>'));
+  const queueId = await sendRaw(relay, sender, recipients, message('quarterly report', '<partial-1@origin.test>'));
 
   // The first attempt defers the tempfail recipient; from then on the sink accepts it.
   await relay.waitForLog(isDelivery(queueId, 'later@dest.test', 'deferred'));
@@ -160,7 +147,7 @@ test('a DSN that fails permanently is logged as bounce.dropped and never bounced
   const sink = await sinkFor(t, { recipientBehaviour: () => 'permfail' });
   const { relay, queueDir } = await relayTo(t, { type: 'smtp', host: '127.0.0.1', port: sink.port, security: 'none' });
 
-  const queueId = await send(relay, 'gone@origin.test', ['nobody@dest.test'], message('doomed', '<doomed-1@origin.test>', 'gone@origin.test'));
+  const queueId = await sendRaw(relay, 'gone@origin.test', ['nobody@dest.test'], message('doomed', '<doomed-1@origin.test>', 'gone@origin.test'));
   const queued = await relay.waitForLog((l) => l.event === 'bounce.queued' && l.queueId === queueId);
   const bounceId = String(queued.bounceId);
   const bounceFailed = await relay.waitForLog(isDelivery(bounceId, 'gone@origin.test', 'bounced'));
@@ -187,7 +174,7 @@ test('delivery via STARTTLS to a sink with a self-signed certificate works when 
     security: 'starttls',
     verifyCertificate: false,
   });
-  const queueId = await send(relay, 'app@origin.test', ['ok@dest.test'], message('over tls', '<tls-1@origin.test>'));
+  const queueId = await sendRaw(relay, 'app@origin.test', ['ok@dest.test'], message('over tls', '<tls-1@origin.test>'));
   const [msg] = await sink.waitForMessages(1);
   assert.equal(msg!.messageId, '<tls-1@origin.test>');
   assert.deepEqual(msg!.recipients, ['ok@dest.test']);
@@ -197,7 +184,7 @@ test('delivery via STARTTLS to a sink with a self-signed certificate works when 
 test('security starttls never falls back to plain text when the upstream offers no STARTTLS', async (t) => {
   const sink = await sinkFor(t); // STARTTLS disabled
   const { relay } = await relayTo(t, { type: 'smtp', host: '127.0.0.1', port: sink.port, security: 'starttls', verifyCertificate: false });
-  const queueId = await send(relay, 'app@origin.test', ['ok@dest.test'], message('must be encrypted', '<notls-1@origin.test>'));
+  const queueId = await sendRaw(relay, 'app@origin.test', ['ok@dest.test'], message('must be encrypted', '<notls-1@origin.test>'));
   // Deferred, not bounced: TLS trouble with our own upstream says nothing about the message.
   const deferred = await relay.waitForLog((l) => l.event === 'delivery' && l.queueId === queueId);
   assert.equal(deferred.result, 'deferred', `reply: ${String(deferred.reply)}`);
@@ -216,7 +203,7 @@ test('an upstream that refuses our credentials defers the message instead of bou
     security: 'none',
     auth: { user: 'relay', pass: 'wrong' },
   });
-  const queueId = await send(relay, 'app@origin.test', ['ok@dest.test'], message('bad password', '<auth-1@origin.test>'));
+  const queueId = await sendRaw(relay, 'app@origin.test', ['ok@dest.test'], message('bad password', '<auth-1@origin.test>'));
   const attempt = await relay.waitForLog((l) => l.event === 'delivery' && l.queueId === queueId);
   assert.equal(attempt.result, 'deferred', `reply: ${String(attempt.reply)}`);
   assert.match(String(attempt.reply), /^451 4\.7\.8 AUTH PLAIN refused by upstream: 535 /);
@@ -229,7 +216,7 @@ test('certificate verification is on by default and refuses a self-signed upstre
   const cert = await makeTestCertificate();
   const sink = await sinkFor(t, { tls: cert });
   const { relay, queueDir } = await relayTo(t, { type: 'smtp', host: '127.0.0.1', port: sink.port, security: 'starttls' });
-  const queueId = await send(relay, 'app@origin.test', ['ok@dest.test'], message('untrusted', '<untrusted-1@origin.test>'));
+  const queueId = await sendRaw(relay, 'app@origin.test', ['ok@dest.test'], message('untrusted', '<untrusted-1@origin.test>'));
   const deferred = await relay.waitForLog(isDelivery(queueId, 'ok@dest.test', 'deferred'));
   assert.match(String(deferred.reply), /^4\d\d 4\.\d+\.\d+ /);
   assert.match(String(deferred.reply), /certificate/i);
@@ -242,7 +229,7 @@ test('certificate verification is on by default and refuses a self-signed upstre
 test('an upstream that refuses connections defers with a 4.4.1 reply and is retried', async (t) => {
   const closedPort = await freePort();
   const { relay, queueDir } = await relayTo(t, { type: 'smtp', host: '127.0.0.1', port: closedPort, security: 'none' });
-  const queueId = await send(relay, 'app@origin.test', ['ok@dest.test', 'other@dest.test'], message('nobody home', '<refused-1@origin.test>'));
+  const queueId = await sendRaw(relay, 'app@origin.test', ['ok@dest.test', 'other@dest.test'], message('nobody home', '<refused-1@origin.test>'));
 
   const first = await relay.waitForLog(isDelivery(queueId, 'ok@dest.test', 'deferred'));
   assert.match(String(first.reply), /^4\d\d 4\.4\.1 /);

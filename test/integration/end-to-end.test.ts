@@ -1,29 +1,18 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import nodemailer from 'nodemailer';
-import { startSink, type Sink } from '../helpers/sink.js';
-import { startInProcess, tempDir, testConfig, type InProcessDaemon } from '../helpers/daemon.js';
+import type { Sink } from '../helpers/sink.js';
+import { startRelayToSink, type InProcessDaemon } from '../helpers/daemon.js';
 
 let sink: Sink;
 let relay: InProcessDaemon;
-let dir: Awaited<ReturnType<typeof tempDir>>;
+let stop: () => Promise<void>;
 
 before(async () => {
-  dir = await tempDir();
-  sink = await startSink();
-  relay = await startInProcess(
-    await testConfig({
-      dir: dir.path,
-      upstreams: { sink: { type: 'smtp', host: '127.0.0.1', port: sink.port, security: 'none' } },
-    }),
-  );
+  ({ relay, sink, stop } = await startRelayToSink());
 });
 
-after(async () => {
-  await relay.stop();
-  await sink.close();
-  await dir.remove();
-});
+after(() => stop());
 
 test('a message from an allowed network reaches the upstream byte for byte, with our Received header on top', async () => {
   const client = nodemailer.createTransport({ host: '127.0.0.1', port: relay.port('relay'), secure: false, ignoreTLS: true });

@@ -10,14 +10,13 @@ import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { PassThrough } from 'node:stream';
 import { simpleParser } from 'mailparser';
-import nodemailer from 'nodemailer';
 import { parseConfig } from '../../src/config/load.js';
 import { createLogger } from '../../src/log.js';
 import type { GoogleUpstreamConfig } from '../../src/upstreams/google/config.js';
 import { GoogleUpstream } from '../../src/upstreams/google/google.js';
 import { startGmailSmtpFake, type GmailSmtpFake } from '../fakes/gmail-smtp.js';
 import { makeServiceAccount, startGoogleTokenFake, type GoogleTokenFake } from '../fakes/google-token.js';
-import { startInProcess, tempDir, testConfig, type InProcessDaemon } from '../helpers/daemon.js';
+import { type InProcessDaemon, sendRaw, startInProcess, tempDir, testConfig } from '../helpers/daemon.js';
 import { compose, deliveryRequest, PDF, PNG, richMessage } from '../helpers/mime.js';
 
 type Log = Record<string, unknown>;
@@ -55,24 +54,13 @@ async function setup(t: TestContext, o: { delegated: string[]; mailbox?: string 
   return { daemon, tokens, gmail };
 }
 
-async function send(daemon: InProcessDaemon, from: string, to: string[], raw: Buffer): Promise<string> {
-  const client = nodemailer.createTransport({ host: '127.0.0.1', port: daemon.port('relay'), secure: false, ignoreTLS: true });
-  try {
-    const info = await client.sendMail({ envelope: { from, to }, raw });
-    const m = /queued as ([0-9A-Z]{22})$/.exec(info.response);
-    assert.ok(m, `unexpected reply: ${info.response}`);
-    return m[1]!;
-  } finally {
-    client.close();
-  }
-}
 
 const delivery = (queueId: string, result: string) => (l: Log) => l.event === 'delivery' && l.queueId === queueId && l.result === result;
 
 test('a multipart message arrives at Gmail byte for byte, logged in with XOAUTH2 as the sender over STARTTLS', async (t) => {
   const { daemon, tokens, gmail } = await setup(t, { delegated: ['scans@contoso.test'] });
   const raw = await compose(richMessage());
-  const queueId = await send(daemon, 'scans@contoso.test', ['alice@dest.test', 'carol@dest.test'], raw);
+  const queueId = await sendRaw(daemon, 'scans@contoso.test', ['alice@dest.test', 'carol@dest.test'], raw);
   const delivered = await daemon.waitForLog(delivery(queueId, 'delivered'));
   assert.match(String(delivered.reply), /^250 2\.0\.0 OK gmail-1 - gsmtp$/);
 
@@ -106,7 +94,7 @@ test('a multipart message arrives at Gmail byte for byte, logged in with XOAUTH2
 
 test('a fixed mailbox logs in as that mailbox whatever the envelope sender', async (t) => {
   const { daemon, gmail } = await setup(t, { delegated: ['scans@contoso.test'], mailbox: 'scans@contoso.test' });
-  const queueId = await send(daemon, 'printer@lan.test', ['alice@dest.test'], await compose({ from: 'printer@lan.test', to: 'alice@dest.test', subject: 'x', text: 'y' }));
+  const queueId = await sendRaw(daemon, 'printer@lan.test', ['alice@dest.test'], await compose({ from: 'printer@lan.test', to: 'alice@dest.test', subject: 'x', text: 'y' }));
   await daemon.waitForLog(delivery(queueId, 'delivered'));
   const [message] = await gmail.waitForMessages(1);
   assert.deepEqual([message!.user, message!.sender], ['scans@contoso.test', 'printer@lan.test']);
@@ -114,7 +102,7 @@ test('a fixed mailbox logs in as that mailbox whatever the envelope sender', asy
 
 test('a sender outside the domain-wide delegation is deferred with 4.7.0, and delivered once it is delegated', async (t) => {
   const { daemon, tokens, gmail } = await setup(t, { delegated: [] });
-  const queueId = await send(daemon, 'new@contoso.test', ['alice@dest.test'], await compose({ from: 'new@contoso.test', to: 'alice@dest.test', subject: 'x', text: 'y' }));
+  const queueId = await sendRaw(daemon, 'new@contoso.test', ['alice@dest.test'], await compose({ from: 'new@contoso.test', to: 'alice@dest.test', subject: 'x', text: 'y' }));
   const deferred = await daemon.waitForLog(delivery(queueId, 'deferred'));
   assert.match(String(deferred.reply), /^451 4\.7\.0 cannot get a Google access token for new@contoso\.test .*domain-wide delegation/);
   assert.equal(gmail.logins.length, 0, 'no login was tried without a token');
@@ -128,10 +116,10 @@ test('a sender outside the domain-wide delegation is deferred with 4.7.0, and de
 
 test('a token Gmail refuses although it is cached is replaced by a fresh one and the message goes out', async (t) => {
   const { daemon, tokens, gmail } = await setup(t, { delegated: ['scans@contoso.test'] });
-  const first = await send(daemon, 'scans@contoso.test', ['alice@dest.test'], await compose({ from: 'scans@contoso.test', to: 'alice@dest.test', subject: 'one', text: 'y' }));
+  const first = await sendRaw(daemon, 'scans@contoso.test', ['alice@dest.test'], await compose({ from: 'scans@contoso.test', to: 'alice@dest.test', subject: 'one', text: 'y' }));
   await daemon.waitForLog(delivery(first, 'delivered'));
   tokens.revokeAll();
-  const second = await send(daemon, 'scans@contoso.test', ['alice@dest.test'], await compose({ from: 'scans@contoso.test', to: 'alice@dest.test', subject: 'two', text: 'y' }));
+  const second = await sendRaw(daemon, 'scans@contoso.test', ['alice@dest.test'], await compose({ from: 'scans@contoso.test', to: 'alice@dest.test', subject: 'two', text: 'y' }));
   await daemon.waitForLog(delivery(second, 'delivered'));
   assert.deepEqual(gmail.logins.map((l) => l.ok), [true, false, true], 'the cached token was refused, the fresh one accepted');
   assert.equal(tokens.issued.length, 2);

@@ -7,10 +7,9 @@ import assert from 'node:assert/strict';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
-import nodemailer from 'nodemailer';
 import { startGraphFake, type GraphFake } from '../fakes/graph.js';
 import { startIdentityProvider, type FakeIdentityProvider } from '../fakes/identity-provider.js';
-import { startInProcess, tempDir, testConfig, type InProcessDaemon } from '../helpers/daemon.js';
+import { type InProcessDaemon, sendRaw, startInProcess, tempDir, testConfig } from '../helpers/daemon.js';
 import { buildMessage, scanBytes, sha256 } from '../helpers/graph-mail.js';
 import { freePort } from '../helpers/net.js';
 
@@ -67,17 +66,6 @@ async function setup(t: TestContext, o: { retry?: Record<string, unknown>; graph
   return { relay, graph, idp, outboxDir };
 }
 
-async function send(relay: InProcessDaemon, from: string, to: string[], raw: Buffer): Promise<string> {
-  const client = nodemailer.createTransport({ host: '127.0.0.1', port: relay.port('relay'), secure: false, ignoreTLS: true });
-  try {
-    const info = await client.sendMail({ envelope: { from, to }, raw });
-    const m = /queued as ([0-9A-Z]{22})$/.exec(info.response);
-    assert.ok(m, `unexpected reply: ${info.response}`);
-    return m[1]!;
-  } finally {
-    client.close();
-  }
-}
 
 const isDelivery = (queueId: string, recipient: string, result: string) => (l: Log) =>
   l.event === 'delivery' && l.queueId === queueId && l.recipient === recipient && l.result === result;
@@ -86,7 +74,7 @@ test('a small message goes as MIME to exactly its Graph recipients: Bcc-only inc
   const { relay, graph, idp, outboxDir } = await setup(t);
   const raw = await buildMessage({ from: 'app@origin.test', to: ['alice@dest.test', 'carol@elsewhere.test'], cc: 'bob@dest.test', subject: 'Invoice', text: 'see attachment\r\n', attachments: [{ filename: 'inv.pdf', content: scanBytes(40_000) }] });
   const envelope = ['alice@dest.test', 'bob@dest.test', 'carol@elsewhere.test', 'hidden@dest.test'];
-  const queueId = await send(relay, 'app@origin.test', envelope, raw);
+  const queueId = await sendRaw(relay, 'app@origin.test', envelope, raw);
   for (const r of ['alice@dest.test', 'bob@dest.test', 'hidden@dest.test']) await relay.waitForLog(isDelivery(queueId, r, 'delivered'));
   await relay.waitForLog(isDelivery(queueId, 'carol@elsewhere.test', 'delivered'));
 
@@ -116,7 +104,7 @@ test('a 30 MB scan goes through a draft and an upload session and arrives byte-i
   const sampler = setInterval(() => (peakRss = Math.max(peakRss, process.memoryUsage().rss)), 20);
   t.after(() => clearInterval(sampler));
   const started = Date.now();
-  const queueId = await send(relay, 'scanner@contoso.test', ['alice@dest.test', 'bcc-only@dest.test'], raw);
+  const queueId = await sendRaw(relay, 'scanner@contoso.test', ['alice@dest.test', 'bcc-only@dest.test'], raw);
   const accepted = Date.now();
   await relay.waitForLog(isDelivery(queueId, 'alice@dest.test', 'delivered'), 60_000);
   const done = Date.now();
@@ -143,7 +131,7 @@ test('a throttled mailbox (429 Retry-After) is retried after the time Graph aske
   const { relay, graph } = await setup(t, { retry: { initialDelay: '1h', maxDelay: '2h' } });
   graph.throttle(MAILBOX, { retryAfterSeconds: 2 });
   const raw = await buildMessage({ from: 'app@origin.test', to: 'alice@dest.test', text: 'throttled' });
-  const queueId = await send(relay, 'app@origin.test', ['alice@dest.test'], raw);
+  const queueId = await sendRaw(relay, 'app@origin.test', ['alice@dest.test'], raw);
   const deferred = await relay.waitForLog(isDelivery(queueId, 'alice@dest.test', 'deferred'));
   assert.match(String(deferred.reply), /^451 4\.4\.5 Graph 429 ApplicationThrottled/);
   const wait = Date.parse(String(deferred.nextAttemptAt)) - Date.parse(String(deferred.time));
@@ -159,7 +147,7 @@ test('403 ErrorSendAsDenied bounces: the DSN carries Graph\'s error text', async
   const { relay, graph, outboxDir } = await setup(t);
   graph.denySendAs(MAILBOX);
   const raw = await buildMessage({ from: 'app@origin.test', to: 'alice@dest.test', subject: 'not allowed', messageId: '<sendas-1@origin.test>' });
-  const queueId = await send(relay, 'app@origin.test', ['alice@dest.test'], raw);
+  const queueId = await sendRaw(relay, 'app@origin.test', ['alice@dest.test'], raw);
   const bounced = await relay.waitForLog(isDelivery(queueId, 'alice@dest.test', 'bounced'));
   assert.match(String(bounced.reply), /^550 5\.7\.60 Graph 403 ErrorSendAsDenied: The user account which was used to submit this request does not have the right/);
   const queued = await relay.waitForLog((l) => l.event === 'bounce.queued' && l.queueId === queueId);
@@ -177,12 +165,12 @@ test('403 ErrorSendAsDenied bounces: the DSN carries Graph\'s error text', async
 test('a token the identity provider no longer honours: one refresh through msal, then delivered', async (t) => {
   const { relay, graph, idp } = await setup(t);
   const raw = await buildMessage({ from: 'app@origin.test', to: 'alice@dest.test', text: 'first' });
-  const first = await send(relay, 'app@origin.test', ['alice@dest.test'], raw);
+  const first = await sendRaw(relay, 'app@origin.test', ['alice@dest.test'], raw);
   await relay.waitForLog(isDelivery(first, 'alice@dest.test', 'delivered'));
   const issuedBefore = idp.issued.length;
   // msal still holds the token, but at the provider's clock it expired: Graph answers 401.
   idp.advance((idp.tokenLifetimeSeconds + 60) * 1000);
-  const second = await send(relay, 'app@origin.test', ['alice@dest.test'], await buildMessage({ from: 'app@origin.test', to: 'alice@dest.test', text: 'second' }));
+  const second = await sendRaw(relay, 'app@origin.test', ['alice@dest.test'], await buildMessage({ from: 'app@origin.test', to: 'alice@dest.test', text: 'second' }));
   await relay.waitForLog(isDelivery(second, 'alice@dest.test', 'delivered'));
   assert.equal(idp.issued.length, issuedBefore + 1, 'exactly one new token');
   assert.deepEqual(graph.requests.filter((r) => r.path.endsWith('/sendMail')).map((r) => r.status), [202, 401, 202]);

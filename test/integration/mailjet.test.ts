@@ -6,9 +6,8 @@
  */
 import assert from 'node:assert/strict';
 import { test, type TestContext } from 'node:test';
-import nodemailer from 'nodemailer';
 import { startMailjetFake, type MailjetFake } from '../fakes/mailjet.js';
-import { startInProcess, tempDir, testConfig, type InProcessDaemon } from '../helpers/daemon.js';
+import { type InProcessDaemon, sendRaw, startInProcess, tempDir, testConfig } from '../helpers/daemon.js';
 import { compose, PDF, PNG, richMessage } from '../helpers/mime.js';
 import { startSink, type Sink } from '../helpers/sink.js';
 
@@ -34,17 +33,6 @@ function mailjetUpstream(fake: MailjetFake, fields: Record<string, unknown> = {}
   return { type: 'mailjet', ...KEYS, baseUrl: fake.baseUrl, batch: { window: '0ms' }, ...fields };
 }
 
-async function send(daemon: InProcessDaemon, from: string, to: string[], raw: Buffer): Promise<string> {
-  const client = nodemailer.createTransport({ host: '127.0.0.1', port: daemon.port('relay'), secure: false, ignoreTLS: true });
-  try {
-    const info = await client.sendMail({ envelope: { from, to }, raw });
-    const m = /queued as ([0-9A-Z]{22})$/.exec(info.response);
-    assert.ok(m, `unexpected reply: ${info.response}`);
-    return m[1]!;
-  } finally {
-    client.close();
-  }
-}
 
 const delivery = (queueId: string, result: string, recipient?: string) => (l: Log) =>
   l.event === 'delivery' && l.queueId === queueId && l.result === result && (recipient === undefined || l.recipient === recipient);
@@ -55,7 +43,7 @@ test('a multipart message with an inline image and an attachment arrives at Mail
   const raw = await compose(richMessage());
   // bob is in the To header but not in this envelope; dave is in no header (a Bcc).
   const recipients = ['alice@dest.test', 'carol@dest.test', 'dave@dest.test'];
-  const queueId = await send(daemon, 'scans@contoso.test', recipients, raw);
+  const queueId = await sendRaw(daemon, 'scans@contoso.test', recipients, raw);
   for (const r of recipients) await daemon.waitForLog(delivery(queueId, 'delivered', r));
 
   const [accepted] = await fake.waitForAccepted(1);
@@ -92,7 +80,7 @@ test('a 429 defers for the Retry-After Mailjet asks for, then the message is del
   const fake = await mailjetFake(t);
   fake.failNext(1, 429, { 'retry-after': '1' });
   const daemon = await relay(t, { mj: mailjetUpstream(fake) });
-  const queueId = await send(daemon, 'app@origin.test', ['a@dest.test'], await compose({ from: 'app@origin.test', to: 'a@dest.test', subject: 'rate limited', text: 'x' }));
+  const queueId = await sendRaw(daemon, 'app@origin.test', ['a@dest.test'], await compose({ from: 'app@origin.test', to: 'a@dest.test', subject: 'rate limited', text: 'x' }));
 
   const deferred = await daemon.waitForLog(delivery(queueId, 'deferred'));
   assert.match(String(deferred.reply), /^451 4\.7\.0 Mailjet rate limit reached \(HTTP 429\)/);
@@ -120,7 +108,7 @@ test('a message over the Send API limits goes through the mailjet-smtp relay as 
   });
   const recipients = Array.from({ length: 51 }, (_, i) => `r${i}@dest.test`);
   const raw = await compose({ from: 'app@origin.test', to: recipients, subject: 'to many', text: 'x', headers: { 'X-MJ-CustomID': 'bulk-1' }, messageId: '<bulk-1@origin.test>' });
-  const queueId = await send(daemon, 'app@origin.test', recipients, raw);
+  const queueId = await sendRaw(daemon, 'app@origin.test', recipients, raw);
 
   const [message] = await sink.waitForMessages(1);
   assert.deepEqual(message!.recipients, recipients, 'all 51 recipients in one SMTP transaction');
@@ -133,7 +121,7 @@ test('a message over the Send API limits goes through the mailjet-smtp relay as 
 test('without a fallback, a message over the limits bounces with the reason, and the DSN itself goes through Mailjet', async (t) => {
   const fake = await mailjetFake(t);
   const daemon = await relay(t, { mj: mailjetUpstream(fake) });
-  const queueId = await send(daemon, 'app@origin.test', ['a@dest.test'], await compose({ from: 'app@origin.test', to: 'a@dest.test', subject: 'S'.repeat(300), text: 'x' }));
+  const queueId = await sendRaw(daemon, 'app@origin.test', ['a@dest.test'], await compose({ from: 'app@origin.test', to: 'a@dest.test', subject: 'S'.repeat(300), text: 'x' }));
 
   const bounced = await daemon.waitForLog(delivery(queueId, 'bounced', 'a@dest.test'));
   assert.match(String(bounced.reply), /^550 5\.6\.0 message exceeds a limit of Mailjet's Send API \(a subject of 300 characters, Mailjet's Send API takes at most 255\) and upstream mj has no smtpFallback$/);

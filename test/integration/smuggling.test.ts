@@ -6,8 +6,8 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { smtpDialog, smtpReplies } from '../helpers/net.js';
-import { startSink, type Sink } from '../helpers/sink.js';
-import { startInProcess, tempDir, testConfig, type InProcessDaemon } from '../helpers/daemon.js';
+import type { Sink } from '../helpers/sink.js';
+import { startRelayToSink, type InProcessDaemon } from '../helpers/daemon.js';
 
 const MARKERS: Record<string, string> = {
   'LF . CRLF': '\n.\r\n',
@@ -20,21 +20,13 @@ const MARKERS: Record<string, string> = {
 
 let sink: Sink;
 let relay: InProcessDaemon;
-let dir: Awaited<ReturnType<typeof tempDir>>;
+let stop: () => Promise<void>;
 
 before(async () => {
-  dir = await tempDir();
-  sink = await startSink();
-  relay = await startInProcess(
-    await testConfig({ dir: dir.path, upstreams: { sink: { type: 'smtp', host: '127.0.0.1', port: sink.port, security: 'none' } } }),
-  );
+  ({ relay, sink, stop } = await startRelayToSink());
 });
 
-after(async () => {
-  await relay.stop();
-  await sink.close();
-  await dir.remove();
-});
+after(() => stop());
 
 let sent = 0;
 for (const [name, marker] of Object.entries(MARKERS)) {
