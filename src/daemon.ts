@@ -78,7 +78,9 @@ export class Daemon {
     const suppression: SuppressionSettings = { list, ...config.suppression };
     const registry = createRegistry({ version: version() });
     const upstreamNames = Object.keys(config.upstreams);
-    const tokenMetrics = new TokenMetrics(registry, Object.keys(config.microsoft.apps));
+    // Google upstreams have no app of their own: their tokens are counted under the upstream's name.
+    const googleUpstreams = upstreamNames.filter((n) => config.upstreams[n]!.type === 'google');
+    const tokenMetrics = new TokenMetrics(registry, [...Object.keys(config.microsoft.apps), ...googleUpstreams]);
     const upstreams = await createUpstreams(config, log, { onRefresh: tokenMetrics.onRefresh });
     const health = new UpstreamHealth(upstreamNames, config.admin.upstreamDownAfter, config.admin.upstreamProbeAfter);
     const limits = await openLimitStore(config.upstreams, config.state.dir, () => clock.now());

@@ -98,7 +98,7 @@ async function sendTest(
 
 function defaultSender(config: UpstreamConfig): string | undefined {
   if (config.type === 'm365-smtp') return config.legacyBasicAuth?.user ?? (config.mailbox === 'fromSender' ? undefined : config.mailbox);
-  if (config.type === 'graph') return config.mailbox === 'fromSender' ? undefined : config.mailbox;
+  if (config.type === 'graph' || config.type === 'google') return config.mailbox === 'fromSender' ? undefined : config.mailbox;
   return undefined;
 }
 
@@ -113,16 +113,17 @@ export const testUpstreamCommand: Command = {
   takesConfig: true,
   usage: `Usage: smarthost test-upstream NAME [--send-to ADDRESS] [--from ADDRESS] [--config PATH]
 
-Checks the upstream NAME (types smtp, m365-smtp, m365-connector, graph) one step at a time: gets its access token,
-connects, reads the greeting and EHLO, upgrades with STARTTLS and logs in, printing each step and, for a step
-that fails, the likely fix (a missing SMTP.SendAsApp consent, a service principal not registered with
-New-ServicePrincipal, SMTP AUTH disabled for the mailbox ...). Nothing is sent unless --send-to is given.
+Checks the upstream NAME (types smtp, m365-smtp, m365-connector, graph, google, mailjet) one step at a time:
+gets its access token, connects, reads the greeting and EHLO, upgrades with STARTTLS and logs in, printing each
+step and, for a step that fails, the likely fix (a missing SMTP.SendAsApp consent, a service principal not
+registered with New-ServicePrincipal, SMTP AUTH disabled for the mailbox ...). mailjet is checked with one
+Send API call in SandboxMode from --from to itself. Nothing is sent unless --send-to is given.
 Exits 0 when every step passed.
 
 Options:
   --send-to ADDRESS  after the checks, send a short test message to ADDRESS
   --from ADDRESS     sender of the test message, and the mailbox to test when the upstream uses
-                     mailbox: fromSender (default: the upstream's fixed mailbox)
+                     mailbox: fromSender (default: the upstream's fixed mailbox); required for mailjet
 ${CONFIG_OPTION}
   --help             show this help
 `,

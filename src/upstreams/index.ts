@@ -22,6 +22,8 @@ export interface UpstreamServices {
   upstreams?: Readonly<Record<string, UpstreamConfig>>;
   /** The tag header (tags.header), for upstreams with a field for it (mailjet: EventPayload). */
   tagHeader?: string;
+  /** Told of every token a Google upstream requests (Microsoft apps are told through MicrosoftApps). */
+  onRefresh?: MsalTokenSourceOptions['onRefresh'];
 }
 
 /**
@@ -40,7 +42,7 @@ export async function openUpstream(name: string, config: UpstreamConfig, hostnam
     }
     case 'google': {
       const { GoogleUpstream } = await import('./google/google.js');
-      return new GoogleUpstream(name, config, { hostname, log: services.log });
+      return new GoogleUpstream(name, config, { hostname, log: services.log, ...(services.onRefresh ? { onRefresh: services.onRefresh } : {}) });
     }
     case 'graph': {
       const { GraphUpstream } = await import('./graph/graph.js');
@@ -126,6 +128,7 @@ export async function createUpstreams(
     ...(microsoft ? { microsoft } : {}),
     upstreams: config.upstreams,
     ...(config.tags ? { tagHeader: config.tags.header } : {}),
+    ...options,
   };
   const entries = await Promise.all(
     Object.entries(config.upstreams).map(

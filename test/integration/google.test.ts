@@ -98,6 +98,11 @@ test('a fixed mailbox logs in as that mailbox whatever the envelope sender', asy
   await daemon.waitForLog(delivery(queueId, 'delivered'));
   const [message] = await gmail.waitForMessages(1);
   assert.deepEqual([message!.user, message!.sender], ['scans@contoso.test', 'printer@lan.test']);
+  // The token metrics count Google tokens under the upstream's name, like a Microsoft app's.
+  const metrics = await daemon.daemon.registry.metrics();
+  assert.match(metrics, /^smarthost_oauth_token_refreshes_total\{app="gmail",result="success"\} 1$/m);
+  assert.match(metrics, /^smarthost_oauth_token_refreshes_total\{app="gmail",result="failure"\} 0$/m);
+  assert.match(metrics, /^smarthost_oauth_token_expiry_timestamp_seconds\{app="gmail"\} \d{10}$/m);
 });
 
 test('a sender outside the domain-wide delegation is deferred with 4.7.0, and delivered once it is delegated', async (t) => {

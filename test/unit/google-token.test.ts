@@ -17,6 +17,7 @@ import { SmtpError } from '../../src/smtp-error.js';
 import { GMAIL_SCOPE, type GoogleUpstreamConfig } from '../../src/upstreams/google/config.js';
 import { MAX_ASSERTION_LIFETIME_S, serviceAccountClaims, signJwt } from '../../src/upstreams/google/jwt.js';
 import { ServiceAccountTokenSource } from '../../src/upstreams/google/token-source.js';
+import type { TokenRefreshEvent } from '../../src/upstreams/oauth/token-source.js';
 import { makeServiceAccount, startGoogleTokenFake, type GoogleTokenFake, type TestServiceAccount } from '../fakes/google-token.js';
 
 type Log = Record<string, unknown>;
@@ -57,7 +58,7 @@ async function tokenFake(t: TestContext, delegated = ['scans@contoso.test'], sa:
   return fake;
 }
 
-function source(fake: GoogleTokenFake, o: { subject?: string; now?: () => number; log?: ReturnType<typeof createLogger>; sa?: TestServiceAccount } = {}) {
+function source(fake: GoogleTokenFake, o: { subject?: string; now?: () => number; log?: ReturnType<typeof createLogger>; sa?: TestServiceAccount; onRefresh?: (e: TokenRefreshEvent) => void } = {}) {
   const sa = o.sa ?? account;
   return new ServiceAccountTokenSource({
     account: { clientEmail: sa.clientEmail, keyId: sa.keyId, privateKey: new Secret(sa.privateKeyPem) },
@@ -68,6 +69,7 @@ function source(fake: GoogleTokenFake, o: { subject?: string; now?: () => number
     upstream: 'gmail',
     ...(o.log ? { log: o.log } : {}),
     ...(o.now ? { now: o.now } : {}),
+    ...(o.onRefresh ? { onRefresh: o.onRefresh } : {}),
   });
 }
 
@@ -123,6 +125,19 @@ test('a mailbox outside the delegation defers with 4.7.0 naming the fix, alerted
   await tokens.getToken(GMAIL_SCOPE);
   assert.equal(lines.filter((l) => l.event === 'token.recovered').length, 1);
   assert.ok(!JSON.stringify(lines).includes('PRIVATE KEY'), 'no key material in the logs');
+});
+
+test('token metrics hear of each token requested (not of cached ones) and of each failure, under the upstream name', async (t) => {
+  const fake = await tokenFake(t, ['scans@contoso.test']);
+  const events: TokenRefreshEvent[] = [];
+  const tokens = source(fake, { onRefresh: (e) => events.push(e) });
+  const token = await tokens.getToken(GMAIL_SCOPE);
+  await tokens.getToken(GMAIL_SCOPE);
+  assert.deepEqual(events, [{ app: 'gmail', result: 'success', expiresAt: token.expiresAt }]);
+  const refused = source(fake, { subject: 'intruder@contoso.test', onRefresh: (e) => events.push(e) });
+  await assert.rejects(refused.getToken(GMAIL_SCOPE));
+  assert.deepEqual(events.at(-1), { app: 'gmail', result: 'failure' });
+  assert.equal(events.length, 2);
 });
 
 test('a JWT signed with a key the endpoint does not know is refused as an invalid signature', async (t) => {

@@ -8,13 +8,15 @@
  * the same session (its "renew" call of oauth2_provision_cb), and gets a freshly issued one.
  */
 import nodemailer, { type SendMailOptions, type Transporter } from 'nodemailer';
+import XOAuth2 from 'nodemailer/lib/xoauth2';
 import type { Logger } from '../../log.js';
 import { SmtpError, toSmtpError } from '../../smtp-error.js';
 import { smtpConnectionOptions } from '../smtp.js';
+import { probeSmtp } from '../smtp-probe.js';
 import { deferRefusedSession, failedCommand, sendRaw, type ErrorMapper } from '../smtp-send.js';
-import type { DeliveryRequest, RecipientOutcome, Upstream } from '../upstream.js';
+import type { DeliveryRequest, ProbeOptions, ProbeStep, RecipientOutcome, Upstream } from '../upstream.js';
 import { GMAIL_SCOPE, type GoogleUpstreamConfig } from './config.js';
-import { ServiceAccountTokenSource } from './token-source.js';
+import { ServiceAccountTokenSource, type ServiceAccountTokenSourceOptions } from './token-source.js';
 
 export interface GoogleUpstreamOptions {
   hostname: string;
@@ -22,6 +24,7 @@ export interface GoogleUpstreamOptions {
   /** HTTP seam for the token endpoint (tests). */
   fetch?: typeof fetch;
   now?: () => number;
+  onRefresh?: ServiceAccountTokenSourceOptions['onRefresh'];
 }
 
 export class GoogleUpstream implements Upstream {
@@ -68,6 +71,37 @@ export class GoogleUpstream implements Upstream {
     return outcomes;
   }
 
+  /** `smarthost test-upstream`: the token for the impersonated mailbox, then connect, STARTTLS and the XOAUTH2 login. */
+  async probe(report: (step: ProbeStep) => void, options: ProbeOptions = {}): Promise<boolean> {
+    const mailbox = this.#config.mailbox === 'fromSender' ? (options.sender ?? '') : this.#config.mailbox;
+    if (mailbox === '') {
+      report({ step: 'mailbox', ok: false, detail: 'this upstream impersonates the sender (mailbox: fromSender)', fix: 'give the mailbox to test with --from ADDRESS' });
+      return false;
+    }
+    const tokens = this.#tokenSource(mailbox);
+    try {
+      const token = await tokens.getToken(GMAIL_SCOPE);
+      report({ step: 'token', ok: true, detail: `service account ${this.#config.serviceAccount.clientEmail} got a token for ${mailbox}, valid until ${new Date(token.expiresAt).toISOString()}` });
+    } catch (err) {
+      report({ step: 'token', ok: false, detail: toSmtpError(err).message, fix: DELEGATION_FIX });
+      return false;
+    }
+    const c = smtpConnectionOptions(this.#config, this.#options.hostname);
+    const target = { host: c.host, port: c.port, secure: c.secure, requireTLS: c.requireTLS, ignoreTLS: c.ignoreTLS, name: c.name, tls: c.tls, timeout: this.#config.timeout };
+    return probeSmtp(
+      target,
+      {
+        describe: `XOAUTH2 as ${mailbox}`,
+        auth: async () => {
+          const token = await tokens.getToken(GMAIL_SCOPE);
+          return { type: 'OAuth2', user: mailbox, method: 'XOAUTH2', oauth2: new XOAuth2({ user: mailbox, accessToken: token.token, expires: token.expiresAt }) };
+        },
+        explain: () => DELEGATION_FIX,
+      },
+      report,
+    );
+  }
+
   #mailboxFor(sender: string): string {
     if (this.#config.mailbox !== 'fromSender') return this.#config.mailbox;
     if (sender !== '') return sender;
@@ -89,6 +123,7 @@ export class GoogleUpstream implements Upstream {
         ...(this.#options.log ? { log: this.#options.log } : {}),
         ...(this.#options.fetch ? { fetch: this.#options.fetch } : {}),
         ...(this.#options.now ? { now: this.#options.now } : {}),
+        ...(this.#options.onRefresh ? { onRefresh: this.#options.onRefresh } : {}),
       });
       this.#tokens.set(key, source);
     }
@@ -114,7 +149,7 @@ export class GoogleUpstream implements Upstream {
     this.#alerted.set(key, error.reply);
     this.#options.log?.error(
       { event: 'upstream.alert', upstream: this.name, mailbox, reply: error.reply },
-      `upstream ${this.name}: Google refused the XOAUTH2 login of ${mailbox}; check domain-wide delegation for https://mail.google.com/ and that the mailbox exists`,
+      `upstream ${this.name}: Google refused the XOAUTH2 login of ${mailbox}; ${DELEGATION_FIX}`,
     );
   }
 
@@ -123,6 +158,8 @@ export class GoogleUpstream implements Upstream {
     this.#transport.close();
   }
 }
+
+const DELEGATION_FIX = 'check domain-wide delegation of the service account for https://mail.google.com/ and that the mailbox exists';
 
 /** A login the server refused (5xx to AUTH), as opposed to a connection that failed or a token we had none of. */
 function refusedLogin(err: unknown): boolean {

@@ -8,7 +8,7 @@
  */
 import type { Logger } from '../../log.js';
 import { SmtpError } from '../../smtp-error.js';
-import type { AccessToken, TokenSource } from '../oauth/token-source.js';
+import type { AccessToken, TokenRefreshEvent, TokenSource } from '../oauth/token-source.js';
 import type { ServiceAccount } from './config.js';
 import { serviceAccountClaims, signJwt } from './jwt.js';
 
@@ -41,6 +41,8 @@ export interface ServiceAccountTokenSourceOptions {
   log?: Logger;
   now?: () => number;
   fetch?: typeof fetch;
+  /** Each token requested from the endpoint, for smarthost_oauth_token_* (labelled with the upstream's name). */
+  onRefresh?: (event: TokenRefreshEvent) => void;
 }
 
 export class ServiceAccountTokenSource implements TokenSource {
@@ -97,6 +99,7 @@ export class ServiceAccountTokenSource implements TokenSource {
     const lifetimeS = typeof body.expires_in === 'number' && body.expires_in > 0 ? body.expires_in : 3600;
     const token = { token: body.access_token, expiresAt: issuedAt + lifetimeS * 1000 };
     this.#cache.set(scope, token);
+    this.#o.onRefresh?.({ app: this.#o.upstream, result: 'success', expiresAt: token.expiresAt });
     if (this.#lastFailure !== undefined) {
       this.#lastFailure = undefined;
       this.#o.log?.info({ event: 'token.recovered', upstream: this.#o.upstream, mailbox: subject, scope }, `Google access tokens for ${subject} are issued again`);
@@ -107,6 +110,7 @@ export class ServiceAccountTokenSource implements TokenSource {
   #failure(scope: string, detail: string, fix: string | undefined, cause?: unknown): SmtpError {
     const { account, subject, upstream } = this.#o;
     const message = `cannot get a Google access token for ${subject} (service account ${account.clientEmail}): ${fix ?? detail}`;
+    this.#o.onRefresh?.({ app: upstream, result: 'failure' });
     if (this.#lastFailure !== detail) {
       this.#lastFailure = detail;
       this.#o.log?.error({ event: 'token.failed', upstream, mailbox: subject, scope, detail }, message);

@@ -8,7 +8,7 @@
 import { simpleParser, type ParsedMail } from 'mailparser';
 import type { Logger } from '../../log.js';
 import { SmtpError } from '../../smtp-error.js';
-import type { DeliveryRequest, RecipientOutcome, Upstream } from '../upstream.js';
+import type { DeliveryRequest, ProbeOptions, ProbeStep, RecipientOutcome, Upstream } from '../upstream.js';
 import { postSend, type CallAnswer, type MjResult, type MjResultRecipient } from './api.js';
 import { Batcher } from './batcher.js';
 import { MAILJET_MAX_MESSAGES_PER_CALL, type MailjetUpstreamConfig } from './config.js';
@@ -77,6 +77,36 @@ export class MailjetUpstream implements Upstream {
     const answer = await this.#batcher.add(mapped.messages, mapped.messages.length, bytes);
     if ('error' in answer) return request.recipients.map((recipient) => ({ recipient, delivered: false, error: answer.error }));
     return this.#outcomes(request.queueId, mapped, answer.results);
+  }
+
+  /**
+   * `smarthost test-upstream`: one Send API call in SandboxMode ("the message will not be delivered", but keys,
+   * sender and payload are validated: https://dev.mailjet.com/email/guides/send-api-v31/#sandbox-mode) from the
+   * sender to itself. Nothing is sent, whatever sandboxMode says.
+   */
+  async probe(report: (step: ProbeStep) => void, options: ProbeOptions = {}): Promise<boolean> {
+    const sender = options.sender;
+    if (sender === undefined || sender === '') {
+      report({ step: 'sender', ok: false, detail: 'the Send API validates a message, which needs a sender', fix: 'give a sender address validated in Mailjet with --from ADDRESS' });
+      return false;
+    }
+    const probe: MjMessage = { From: { Email: sender }, To: [{ Email: sender }], Subject: 'smarthost test-upstream', TextPart: 'validated in SandboxMode, never sent' };
+    const answer = await postSend({ ...this.#config, sandboxMode: true }, [probe], this.#options.fetch ? { fetch: this.#options.fetch } : {});
+    const host = new URL(this.#config.baseUrl).host;
+    if ('error' in answer) {
+      // alert marks account faults (keys refused, key suspended, sender not allowed): the operator must act.
+      const fix = answer.alert ? 'check apiKey and secretKey in the Mailjet account (API key management) and that the key is active' : undefined;
+      report({ step: 'Send API', ok: false, detail: answer.error.reply, ...(fix ? { fix } : {}) });
+      return false;
+    }
+    const result = answer.results[0];
+    if (result?.Status === 'success') {
+      report({ step: 'Send API', ok: true, detail: `${host} accepted the API key and a message from ${sender} in SandboxMode (not delivered)` });
+      return true;
+    }
+    const errors = (result?.Errors ?? []).map((e) => `${e.ErrorCode ?? '?'} ${e.ErrorMessage ?? ''}`.trim());
+    report({ step: 'Send API', ok: false, detail: `${host} refused the test message: ${errors.join('; ') || `status ${String(result?.Status)}`}` });
+    return false;
   }
 
   /** One Send API call for several deliveries; each gets back the results of its own messages. */

@@ -1,5 +1,5 @@
 import { Counter, Gauge, type Registry } from 'prom-client';
-import type { TokenRefreshEvent } from './msal.js';
+import type { TokenRefreshEvent } from './token-source.js';
 
 /** Microsoft access tokens fetched from the identity provider, per app registration (a config name, bounded). */
 export class TokenMetrics {
@@ -10,13 +10,13 @@ export class TokenMetrics {
     const registers = [registry];
     this.refreshes = new Counter({
       name: 'smarthost_oauth_token_refreshes_total',
-      help: 'Access tokens requested from the identity provider, per Microsoft app and result (success, failure)',
+      help: 'Access tokens requested from the identity provider, per Microsoft app (or Google upstream) and result (success, failure)',
       labelNames: ['app', 'result'],
       registers,
     });
     this.expiry = new Gauge({
       name: 'smarthost_oauth_token_expiry_timestamp_seconds',
-      help: 'When the current access token of each Microsoft app expires (Unix time)',
+      help: 'When the latest access token of each Microsoft app (or Google upstream) expires (Unix time)',
       labelNames: ['app'],
       registers,
     });

@@ -10,7 +10,7 @@ import { SmtpError } from '../../smtp-error.js';
 import { explainTokenFailure } from './aadsts.js';
 import { HttpsNetworkClient } from './https-client.js';
 import type { MicrosoftAppConfig, MicrosoftConfig } from './microsoft-config.js';
-import type { AccessToken, TokenSource } from './token-source.js';
+import type { AccessToken, TokenRefreshEvent, TokenSource } from './token-source.js';
 
 export type { MicrosoftAppConfig, MicrosoftConfig } from './microsoft-config.js';
 
@@ -31,12 +31,6 @@ export interface MsalTokenSourceOptions {
   onRefresh?: (event: TokenRefreshEvent) => void;
 }
 
-export interface TokenRefreshEvent {
-  app: string;
-  result: 'success' | 'failure';
-  /** Epoch ms, for a success. */
-  expiresAt?: number;
-}
 
 /**
  * One app registration's tokens. A failure throws SmtpError 451 4.7.0 naming the likely fix, so mail waiting

@@ -12,3 +12,12 @@ export interface TokenSource {
   /** A token valid for at least a little while longer; cached and refreshed ahead of expiry. */
   getToken(scope: string, options?: { forceRefresh?: boolean }): Promise<AccessToken>;
 }
+
+/** A token requested from an identity provider or token endpoint (not one served from the cache). */
+export interface TokenRefreshEvent {
+  /** The Microsoft app, or the Google upstream, the token is for. */
+  app: string;
+  result: 'success' | 'failure';
+  /** Epoch ms, for a success. */
+  expiresAt?: number;
+}
