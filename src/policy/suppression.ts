@@ -1,14 +1,14 @@
 import { mkdir, open, rm, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { Low } from 'lowdb';
-import { JSONFile } from 'lowdb/node';
 import { z } from 'zod';
+import { DurableJsonFile } from '../state/durable-json-file.js';
 
 /**
  * Recipients that must never receive mail from this relay, kept with lowdb in <state.dir>/suppression.json:
  *   { "suppressed": [ { "address": "x@y", "reason": "...", "addedAt": "2025-01-01T00:00:00.000Z" } ] }
  * The daemon and `smarthost suppress` share the file: each change re-reads it under a lock file and is
- * written atomically (lowdb writes a temporary file and renames it); the daemon notices changes by polling
+ * written atomically and durably (a temporary file, fsync'ed, renamed; src/state/durable-json-file.ts); the daemon notices changes by polling
  * the file's status, so a lookup per RCPT is a Map lookup and never touches the disk. Addresses compare
  * case-insensitively.
  */
@@ -80,9 +80,9 @@ export class SuppressionList implements SuppressionLookup {
 
   private constructor(file: string) {
     this.file = file;
-    // JSONFile rather than JSONFilePreset: the preset silently keeps data in memory when NODE_ENV=test,
-    // and then the daemon and the CLI would each see their own list.
-    this.#db = new Low(new JSONFile<SuppressionData>(file), { suppressed: [] });
+    // An adapter, not JSONFilePreset: the preset silently keeps data in memory when NODE_ENV=test, and then the
+    // daemon and the CLI would each see their own list.
+    this.#db = new Low(new DurableJsonFile<SuppressionData>(file), { suppressed: [] });
   }
 
   /** Reads the list in stateDir; a missing file is an empty list. Throws SuppressionFileError for a damaged one. */
