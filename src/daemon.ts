@@ -9,7 +9,7 @@ import { version } from './cli/command.js';
 import type { Config } from './config/schema.js';
 import { Bouncer } from './delivery/bounce.js';
 import { systemClock, type Clock } from './delivery/clock.js';
-import { openLimitStore, type LimitStore } from './delivery/limit-store.js';
+import type { SendLimits } from './delivery/limits.js';
 import { DeliveryMetrics, registerQueueMetrics } from './delivery/metrics.js';
 import { createPlanner } from './delivery/planner.js';
 import { DeliveryScheduler } from './delivery/scheduler.js';
@@ -21,6 +21,9 @@ import type { Logger } from './log.js';
 import { SuppressionList, type SuppressionSettings } from './policy/suppression.js';
 import { freeBytes, registerSpoolMetrics } from './spool/metrics.js';
 import { Spool } from './spool/spool.js';
+import { RedisWindowCounter } from './state/redis-window-counter.js';
+import { openSharedState, type SharedState } from './state/shared-state.js';
+import { MemoryWindowCounter, type WindowCounter } from './state/window-counter.js';
 import { createUpstreams, remoteHost } from './upstreams/index.js';
 import { TokenMetrics } from './upstreams/oauth/metrics.js';
 
@@ -47,8 +50,12 @@ interface LiveSettings {
 /** The running relay: listeners in front, the spool in the middle, the scheduler and upstreams behind. */
 export class Daemon {
   admin: AdminServer | undefined;
-  /** Send-limit counters (state.dir/limits.json). */
-  limits: LimitStore | undefined;
+  /** Send-limit counters (state.dir/limits.json, or Redis with state.redis). */
+  limits: SendLimits | undefined;
+  /** Where the send limits, down marks and rate counters live (src/state/shared-state.ts). */
+  sharedState: SharedState | undefined;
+  /** Inbound message and recipient rates (listeners[].rateLimits). */
+  rateCounter: WindowCounter | undefined;
   #reloading: Promise<ReloadResult> | undefined;
 
   private constructor(
@@ -83,7 +90,8 @@ export class Daemon {
     const tokenMetrics = new TokenMetrics(registry, [...Object.keys(config.microsoft.apps), ...googleUpstreams]);
     const upstreams = await createUpstreams(config, log, { onRefresh: tokenMetrics.onRefresh });
     const health = new UpstreamHealth(upstreamNames, config.admin.upstreamDownAfter, config.admin.upstreamProbeAfter);
-    const limits = await openLimitStore(config.upstreams, config.state.dir, () => clock.now());
+    const shared = await openSharedState(config, { log, registry, health, now: () => clock.now() });
+    const limits = shared.limits;
     let scheduler: DeliveryScheduler | undefined;
     const remoteMta = (name: string) => (Object.hasOwn(config.upstreams, name) ? remoteHost(config.upstreams[name]!) : undefined);
     const bouncer = new Bouncer({ spool, hostname: config.hostname, clock, log, enqueue: (r) => scheduler!.add(r), remoteMta });
@@ -99,7 +107,8 @@ export class Daemon {
       suppression,
       metrics: new DeliveryMetrics(registry, upstreamNames),
       health,
-      limits: limits.limiter,
+      limits,
+      limitMetrics: shared.limitMetrics,
     });
     registerQueueMetrics(registry, { records: () => scheduler!.records(), now: () => clock.now(), health });
     registerSpoolMetrics(registry, spool.dir);
@@ -112,6 +121,7 @@ export class Daemon {
     if (recovered.removed.length > 0) log.info({ event: 'spool.cleaned', files: recovered.removed.length }, 'removed files of messages never acknowledged');
     log.info({ event: 'spool.recovered', messages: recovered.records.length }, 'queue loaded');
 
+    const rateCounter = shared.redis ? new RedisWindowCounter(shared.redis, log) : new MemoryWindowCounter();
     const live: LiveSettings = { config, users: new LocalUsers(config.users), suppression };
     const deps: ListenerDeps = {
       hostname: config.hostname,
@@ -119,6 +129,8 @@ export class Daemon {
       accept: (r) => scheduler!.add(r),
       log,
       metrics: inboundMetrics,
+      rateCounter,
+      now: () => clock.now(),
       get users() {
         return live.users;
       },
@@ -133,6 +145,8 @@ export class Daemon {
     for (const l of listeners) warnAboutListener(l, log);
     const daemon = new Daemon(live, spool, scheduler, listeners, upstreams, list, log, registry, clock, options);
     daemon.limits = limits;
+    daemon.sharedState = shared;
+    daemon.rateCounter = rateCounter;
     try {
       for (const l of listeners) await l.listen();
       if (config.admin.enabled) {
@@ -151,6 +165,8 @@ export class Daemon {
       await Promise.all(listeners.map((l) => l.close(0)));
       await scheduler.stop(0);
       await Promise.all([...upstreams.values()].map((u) => u.upstream.close()));
+      await rateCounter.close().catch(() => undefined);
+      await shared.close();
       throw err;
     }
     // Watched only once the start cannot fail any more (the poll keeps the process alive); a change made
@@ -188,6 +204,8 @@ export class Daemon {
       ok: gone.length === 0,
       detail: gone.length === 0 ? 'none down for too long' : gone.map((u) => `${u.name} down since ${new Date(u.downSince!).toISOString()}: ${u.lastError ?? ''}`).join('; '),
     });
+    const state = this.sharedState?.readiness();
+    if (state) checks.push(state);
     return { ready: checks.every((c) => c.ok), checks };
   }
 
@@ -249,7 +267,8 @@ export class Daemon {
     const finished = await this.scheduler.stop(Math.max(0, deadline - Date.now()));
     await Promise.all([...this.upstreams.values()].map((u) => u.upstream.close()));
     await this.suppression.close();
-    await this.limits?.close().catch((err: unknown) => this.log.error({ event: 'limits.error', file: this.limits?.file, err }, 'could not save the send-limit counters'));
+    await this.rateCounter?.close().catch((err: unknown) => this.log.warn({ event: 'state.error', err }, 'could not close the rate-limit counter'));
+    await this.sharedState?.close();
     this.log.info({ event: 'stopped', queued: this.scheduler.size, deliveriesCutShort: !finished }, 'stopped');
   }
 }

@@ -14,8 +14,8 @@ import { ApiError, type ApiRoutes } from './server.js';
 import { LOG_LEVELS } from './config.js';
 
 /** Each send limit with its use and reset time, as `smarthost limits show` prints them. */
-function limitUses(daemon: Daemon) {
-  return (daemon.limits?.limiter.uses(daemon.clock.now()) ?? []).map((u) => ({ ...u, ...(u.resetsAt !== undefined ? { resetsAt: new Date(u.resetsAt).toISOString() } : {}) }));
+async function limitUses(daemon: Daemon) {
+  return ((await daemon.limits?.uses(daemon.clock.now())) ?? []).map((u) => ({ ...u, ...(u.resetsAt !== undefined ? { resetsAt: new Date(u.resetsAt).toISOString() } : {}) }));
 }
 
 type QueueAction = 'retry' | 'hold' | 'release' | 'delete' | 'bounce';
@@ -39,14 +39,13 @@ export function adminRoutes(daemon: Daemon): ApiRoutes {
       ready: await daemon.readiness(),
     }),
 
-    'GET /api/limits': async () => ({ limits: limitUses(daemon) }),
+    'GET /api/limits': async () => ({ limits: await limitUses(daemon) }),
 
     'POST /api/limits/reset': async ({ body }) => {
       const name = body.name;
       if (name !== undefined && typeof name !== 'string') throw new ApiError(400, 'expected "name": an upstream name, or no name for every limit');
       if (name !== undefined && !Object.hasOwn(daemon.config.upstreams, name)) throw new ApiError(404, `no upstream "${name}"`);
-      const cleared = daemon.limits?.limiter.reset(name) ?? 0;
-      await daemon.limits?.save();
+      const cleared = (await daemon.limits?.reset(name)) ?? 0;
       daemon.log.info({ event: 'limits.reset', upstream: name ?? '*', counters: cleared, by: 'admin' }, `send limits reset${name ? ` for ${name}` : ''}`);
       s.poke();
       return { reset: name ?? 'all', counters: cleared };

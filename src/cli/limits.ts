@@ -1,6 +1,8 @@
 import { configPath, loadConfig } from '../config/load.js';
+import type { Config } from '../config/schema.js';
 import { limiterFromFile, limitsFile, readLimitsFile } from '../delivery/limit-store.js';
 import type { LimitUse } from '../delivery/limits.js';
+import { configuredLimits } from '../delivery/limits-config.js';
 import { AdminApiError, adminClientFor } from './admin-client.js';
 import { CONFIG_OPTION, parseCommandLine, UsageError, type Command } from './command.js';
 
@@ -12,11 +14,13 @@ export const limits: Command = {
        smarthost limits reset [UPSTREAM]
 
 show   each limit (per upstream, or per upstream and sending mailbox), its use and when it resets, from
-       the counters the daemon saves in state.dir/limits.json (every few seconds and at stop)
+       the counters the daemon saves in state.dir/limits.json (every few seconds and at stop), or with
+       state.redis, read live from Redis (shared by every instance, limits as this config sets them)
 reset  forgets what was sent through UPSTREAM (every upstream without a name), through the running
        daemon's admin API; mail already waiting for a window keeps its time ("queue retry --all" sends it now)
 
-Exit status: 0 done, 1 failure (daemon unreachable for reset, unreadable state file), 2 a wrong command line.
+Exit status: 0 done, 1 failure (daemon unreachable for reset, unreadable state file, Redis unreachable),
+2 a wrong command line.
 
 Options:
 ${CONFIG_OPTION}
@@ -30,6 +34,7 @@ ${CONFIG_OPTION}
     if (action === 'show') {
       if (operands.length > 0) throw new UsageError(`"limits show" takes no argument, got "${operands[0]}"`);
       const config = loadConfig(configPath(values.config));
+      if (config.state.redis) return showRedis(config, values.json === true);
       const file = limitsFile(config.state.dir);
       const data = await readLimitsFile(file);
       const uses = data ? limiterFromFile(data).uses(Date.now()) : [];
@@ -54,12 +59,30 @@ ${CONFIG_OPTION}
   },
 };
 
+/** The counters every instance shares, read from Redis (its module loaded only here). */
+async function showRedis(config: Readonly<Config>, json: boolean): Promise<number> {
+  const redisConfig = config.state.redis!;
+  const [{ RedisState }, { readRedisLimiter }, { createLogger }] = await Promise.all([import('../state/redis.js'), import('../state/redis-limits.js'), import('../log.js')]);
+  const redis = await RedisState.open({ url: redisConfig.url.reveal(), keyPrefix: redisConfig.keyPrefix, log: createLogger('fatal'), connectWaitMs: 5000 });
+  try {
+    if (!redis.up) return (console.error(`smarthost limits: cannot reach Redis at ${redis.where}`), 1);
+    const uses = (await readRedisLimiter(redis, configuredLimits(config.upstreams))).uses(Date.now());
+    const source = `${redis.where} (keys ${redis.key('limit', '*')})`;
+    if (json) console.log(JSON.stringify({ redis: redis.where, keyPrefix: redis.keyPrefix, limits: uses.map(jsonUse) }, null, 2));
+    else console.log(formatUses(uses, source, undefined, true));
+    return 0;
+  } finally {
+    await redis.close();
+  }
+}
+
 function jsonUse(u: LimitUse) {
   return { ...u, ...(u.resetsAt !== undefined ? { resetsAt: new Date(u.resetsAt).toISOString() } : {}) };
 }
 
-export function formatUses(uses: readonly LimitUse[], file: string, savedAt: string | undefined): string {
-  const head = `${file}${savedAt ? ` (saved ${savedAt})` : ' (no counters saved yet)'}`;
+/** live: read from Redis as they are now, not from a file saved earlier. */
+export function formatUses(uses: readonly LimitUse[], file: string, savedAt: string | undefined, live = false): string {
+  const head = `${file}${live ? '' : savedAt ? ` (saved ${savedAt})` : ' (no counters saved yet)'}`;
   if (uses.length === 0) return `${head}\nno send limit has been used`;
   const rows = uses.map((u) => [u.key, `${u.unit}/${u.window}`, `${u.used}/${u.max}`, u.resetsAt === undefined ? '-' : new Date(u.resetsAt).toISOString()]);
   const table = [['LIMITED', 'LIMIT', 'USED', 'RESETS'], ...rows];

@@ -11,6 +11,8 @@ import { appReferenceProblems, microsoftSection } from '../upstreams/oauth/micro
 import { tagsSchema } from '../upstreams/tags.js';
 import { adminSchema } from '../admin/config.js';
 import { limitsSchema } from '../delivery/limits-config.js';
+import { redisStateSchema } from '../state/config.js';
+import { proxyProtocolSchema, rateLimitsSchema } from '../inbound/limits-config.js';
 import { secret } from './secret.js';
 import { byteSize, duration, intBetween, port } from './units.js';
 
@@ -63,6 +65,10 @@ const listener = z.strictObject({
   maxRecipients: intBetween(1, 100_000).default(100),
   maxClients: intBetween(1, 100_000).default(200),
   maxConnectionsPerIp: intBetween(1, 100_000).default(20),
+  /** Messages and recipients per minute per client address and per user (450 4.7.1); none unless set. */
+  rateLimits: rateLimitsSchema.optional(),
+  /** Accept the PROXY protocol (v1) from these load balancers, so the real client address is used throughout. */
+  proxyProtocol: proxyProtocolSchema.optional(),
   /** Failed AUTH attempts per client address within authFailureWindow before AUTH is refused. */
   maxAuthFailures: intBetween(1, 1000).default(5),
   authFailureWindow: duration.prefault('10m'),
@@ -209,8 +215,11 @@ export const configSchema = z
     /** Sender alias rules, first match wins (like Postfix's sender_canonical_maps). */
     rewrite: z.array(rewriteRule).default([]),
     senderRestrictions: z.array(senderRestriction).default([]),
-    /** Small runtime state (suppression list, limit counters), kept with lowdb. */
-    state: z.strictObject({ dir: z.string().min(1) }).prefault({ dir: './data/state' }),
+    /**
+     * Small runtime state (suppression list, limit counters), kept with lowdb in dir. With redis, send-limit
+     * counters, upstream down marks and inbound rate counters are shared by every instance on that Redis.
+     */
+    state: z.strictObject({ dir: z.string().min(1).default('./data/state'), redis: redisStateSchema.optional() }).prefault({}),
     suppression: z
       .strictObject({
         /** refuse: 550 5.7.1 at RCPT TO; drop: accept and silently never deliver. */

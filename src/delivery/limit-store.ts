@@ -3,7 +3,7 @@ import { join, resolve } from 'node:path';
 import { Low } from 'lowdb';
 import { JSONFile } from 'lowdb/node';
 import type { LimitsConfig, LimiterSnapshot } from './limits.js';
-import { SendLimiter } from './limits.js';
+import { LocalSendLimits, SendLimiter } from './limits.js';
 import { configuredLimits, type LimitsSetting } from './limits-config.js';
 
 /**
@@ -40,7 +40,8 @@ export function limiterFromFile(data: LimitsFileData): SendLimiter {
   return limiter;
 }
 
-export class LimitStore {
+/** The embedded counters (no Redis): this process's SendLimiter, saved to the file. */
+export class LimitStore extends LocalSendLimits {
   readonly #db: Low<LimitsFileData | null>;
   #savedVersion = -1;
   #timer: NodeJS.Timeout | undefined;
@@ -48,10 +49,11 @@ export class LimitStore {
 
   constructor(
     readonly file: string,
-    readonly limiter: SendLimiter,
+    limiter: SendLimiter,
     private readonly limits: ReadonlyMap<string, LimitsConfig>,
     private readonly now: () => number = Date.now,
   ) {
+    super(limiter);
     this.#db = new Low<LimitsFileData | null>(new JSONFile(file), null);
   }
 
@@ -77,8 +79,15 @@ export class LimitStore {
     return this.#writing;
   }
 
+  /** A reset is written at once: `limits show` must not show counters an administrator cleared. */
+  override async reset(upstream?: string): Promise<number> {
+    const cleared = this.limiter.reset(upstream);
+    await this.save();
+    return cleared;
+  }
+
   /** Stops the timer and writes the last counters. */
-  async close(): Promise<void> {
+  override async close(): Promise<void> {
     clearInterval(this.#timer);
     await this.save();
   }

@@ -4,8 +4,12 @@
  * limit is not refused here; check() answers the exact time the window lets it through, and the scheduler
  * defers the recipients to then.
  *
- * fixed windows start at multiples of their length since the epoch (UTC midnight for days, Thursday 00:00 UTC
+ * fixed windows start at multiples of their length since the epoch (UTC midnight for days, Monday 00:00 UTC
  * for weeks) and reset whole; sliding windows count what was sent in the last window length.
+ *
+ * SendLimiter is one process's counters; SendLimits is where the scheduler takes from: this process
+ * (LocalSendLimits, saved with lowdb by limit-store.ts) or Redis, shared by several instances
+ * (src/state/redis-limits.ts, whose Lua script implements exactly the semantics below).
  */
 export const LIMIT_WINDOWS = { minute: 60_000, hour: 3_600_000, day: 86_400_000, week: 604_800_000 } as const;
 export type LimitWindow = keyof typeof LIMIT_WINDOWS;
@@ -68,10 +72,37 @@ export function limitRules(config: LimitsConfig): LimitRule[] {
 /** Thursday 1970-01-01 is day 0; weeks start on Monday 00:00 UTC. */
 const WEEK_OFFSET = 4 * 86_400_000;
 
-function windowStart(window: LimitWindow, now: number): number {
+/** How far a fixed window of this kind is shifted from multiples of its length since the epoch. */
+export function windowOffset(window: LimitWindow): number {
+  return window === 'week' ? WEEK_OFFSET : 0;
+}
+
+export function windowStart(window: LimitWindow, now: number): number {
   const length = LIMIT_WINDOWS[window];
-  const offset = window === 'week' ? WEEK_OFFSET : 0;
+  const offset = windowOffset(window);
   return Math.floor((now - offset) / length) * length + offset;
+}
+
+/** The longest window of these rules: sends older than that can no longer count for any of them. */
+export function longestWindow(rules: readonly LimitRule[]): number {
+  return Math.max(0, ...rules.map((r) => LIMIT_WINDOWS[r.window]));
+}
+
+/**
+ * Send-limit counters as the scheduler uses them. take() checks and counts in one step, so concurrent
+ * deliveries (in this process or, with Redis, in several) never overspend a budget together. It throws when
+ * the counters cannot be reached (Redis down): the caller defers the mail rather than send it unchecked.
+ */
+export interface SendLimits {
+  /** The counter key for mail from `sender` through `upstream`, or undefined when the upstream has no limits. */
+  key(upstream: string, sender: string): string | undefined;
+  /** Counts one message to `recipients` recipients at `now` if it fits every limit; otherwise counts nothing. */
+  take(key: string, recipients: number, now: number): Promise<LimitCheck>;
+  /** Each limit of each key with any use, for `smarthost limits show`. */
+  uses(now: number): Promise<LimitUse[]>;
+  /** Forgets what was sent through an upstream (every mailbox of it) or, without a name, through all. */
+  reset(upstream?: string): Promise<number>;
+  close(): Promise<void>;
 }
 
 export class SendLimiter {
@@ -94,7 +125,7 @@ export class SendLimiter {
 
   /** Whether one message to `recipients` recipients may go now; if not, the earliest time it may. */
   check(key: string, recipients: number, now: number): LimitCheck {
-    const config = this.#configFor(key);
+    const config = this.configFor(key);
     if (!config) return { ok: true };
     const events = this.#events(key, now);
     let worst: LimitCheck = { ok: true };
@@ -107,9 +138,16 @@ export class SendLimiter {
     return worst;
   }
 
+  /** check() and, when it answers ok, record(), with nothing in between. */
+  take(key: string, recipients: number, now: number): LimitCheck {
+    const check = this.check(key, recipients, now);
+    if (check.ok) this.record(key, recipients, now);
+    return check;
+  }
+
   /** Counts one message to `recipients` recipients sent (or handed to the upstream) at `now`. */
   record(key: string, recipients: number, now: number): void {
-    if (!this.#configFor(key)) return;
+    if (!this.configFor(key)) return;
     const usage = this.#usage.get(key) ?? { events: [] };
     usage.events.push([now, 1, recipients]);
     this.#usage.set(key, usage);
@@ -133,7 +171,7 @@ export class SendLimiter {
   uses(now: number): LimitUse[] {
     const out: LimitUse[] = [];
     for (const key of [...this.#usage.keys()].sort()) {
-      const config = this.#configFor(key);
+      const config = this.configFor(key);
       if (!config) continue;
       const events = this.#events(key, now);
       for (const rule of limitRules(config)) {
@@ -154,12 +192,13 @@ export class SendLimiter {
   restore(snapshot: LimiterSnapshot): void {
     this.#usage.clear();
     for (const [key, events] of Object.entries(snapshot.usage)) {
-      if (this.#configFor(key)) this.#usage.set(key, { events: events.map((e) => [e[0], e[1], e[2]]) });
+      if (this.configFor(key)) this.#usage.set(key, { events: events.map((e) => [e[0], e[1], e[2]]) });
     }
     this.version++;
   }
 
-  #configFor(key: string): LimitsConfig | undefined {
+  /** The limits that apply to a key (those of the upstream it starts with). */
+  configFor(key: string): LimitsConfig | undefined {
     const slash = key.indexOf('/');
     return this.#limits.get(slash === -1 ? key : key.slice(0, slash));
   }
@@ -175,9 +214,16 @@ export class SendLimiter {
     return usage.events;
   }
 
+  /**
+   * The sends that count in the rule's window at `now`. A send stamped later than `now` counts too (in a fixed
+   * window, only if it falls in the same window): another instance whose clock runs a little ahead, or whose
+   * take reached Redis first, has spent that budget all the same.
+   */
   #counted(mode: LimitsConfig['mode'], rule: LimitRule, events: readonly [number, number, number][], now: number) {
-    const from = mode === 'fixed' ? windowStart(rule.window, now) : now - LIMIT_WINDOWS[rule.window] + 1;
-    return events.filter((e) => e[0] >= from && e[0] <= now);
+    const length = LIMIT_WINDOWS[rule.window];
+    if (mode === 'sliding') return events.filter((e) => e[0] > now - length);
+    const start = windowStart(rule.window, now);
+    return events.filter((e) => e[0] >= start && e[0] < start + length);
   }
 
   /** When `need` more fits under the rule: now if it fits, else the earliest later time; undefined = fits now. */
@@ -194,4 +240,27 @@ export class SendLimiter {
     }
     return now;
   }
+}
+
+/** One process's limits, in memory (LimitStore adds saving them). */
+export class LocalSendLimits implements SendLimits {
+  constructor(readonly limiter: SendLimiter) {}
+
+  key(upstream: string, sender: string): string | undefined {
+    return this.limiter.key(upstream, sender);
+  }
+
+  async take(key: string, recipients: number, now: number): Promise<LimitCheck> {
+    return this.limiter.take(key, recipients, now);
+  }
+
+  async uses(now: number): Promise<LimitUse[]> {
+    return this.limiter.uses(now);
+  }
+
+  async reset(upstream?: string): Promise<number> {
+    return this.limiter.reset(upstream);
+  }
+
+  async close(): Promise<void> {}
 }

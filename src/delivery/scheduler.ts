@@ -9,7 +9,8 @@ import type { RecipientOutcome, Upstream } from '../upstreams/upstream.js';
 import type { Bouncer } from './bounce.js';
 import type { Clock } from './clock.js';
 import { DueQueue } from './due-queue.js';
-import type { SendLimiter } from './limits.js';
+import { LocalSendLimits, SendLimiter, type LimitCheck, type SendLimits } from './limits.js';
+import type { LimitMetrics } from './limit-metrics.js';
 import type { DeliveryPlanner, PreparedDelivery } from './planner.js';
 import type { DeliveryMetrics } from './metrics.js';
 import { NO_UPSTREAM } from './metrics.js';
@@ -33,9 +34,18 @@ export interface SchedulerOptions {
   metrics?: DeliveryMetrics;
   /** Consecutive connection-level failures per upstream; default: down after 3. */
   health?: UpstreamHealth;
-  /** Send limits per upstream or mailbox: mail over a limit waits for its window, without counting an attempt. */
-  limits?: SendLimiter;
+  /**
+   * Send limits per upstream or mailbox: mail over a limit waits for its window, without counting an attempt.
+   * A bare SendLimiter counts in memory only.
+   */
+  limits?: SendLimits | SendLimiter;
+  limitMetrics?: LimitMetrics;
+  /** How soon mail waits to try again when the limit counters cannot be reached (Redis down); default 30 s. */
+  limitsUnavailableRetry?: number;
 }
+
+/** Default wait when the shared limit counters cannot be reached: short, the outage may be a restart. */
+const LIMITS_UNAVAILABLE_RETRY_MS = 30_000;
 
 /** What a reload may change without a restart. */
 export type SchedulerSettings = Partial<Pick<SchedulerOptions, 'planner' | 'retry' | 'suppression'>>;
@@ -66,6 +76,7 @@ export class DeliveryScheduler {
   readonly #due = new DueQueue();
   readonly #active = new Map<string, Promise<void>>();
   readonly #slots: Map<string, Semaphore>;
+  readonly #limits: SendLimits | undefined;
   #timer: { cancel(): void } | undefined;
   #timerAt = Infinity;
   #stopping = false;
@@ -73,6 +84,7 @@ export class DeliveryScheduler {
   constructor(options: SchedulerOptions) {
     this.#o = options;
     this.health = options.health ?? new UpstreamHealth(options.upstreams.keys());
+    this.#limits = options.limits instanceof SendLimiter ? new LocalSendLimits(options.limits) : options.limits;
     this.#slots = new Map([...options.upstreams].map(([name, u]) => [name, new Semaphore(u.maxConcurrency)]));
   }
 
@@ -274,7 +286,7 @@ export class DeliveryScheduler {
         continue;
       }
       const prepared = this.#o.planner.prepare(record, decision, remaining);
-      const over = this.#overLimit(record, name, prepared.request.sender, prepared.request.recipients.length, remaining);
+      const over = await this.#overLimit(record, name, prepared.request.sender, prepared.request.recipients.length, remaining);
       if (over !== undefined) {
         limitedUntil = Math.min(limitedUntil ?? Infinity, over);
         if (!last) this.#o.log.info({ event: 'failover', queueId: record.id, upstream: name, next: chain[i + 1], reason: 'limit', recipients: remaining }, `send limit of ${name} reached; trying ${chain[i + 1]}`);
@@ -360,22 +372,32 @@ export class DeliveryScheduler {
   }
 
   /**
-   * Checks and counts the send limits synchronously (no await between the two), so concurrent attempts never
-   * overspend a budget. Over a limit: answers the exact time the window frees (the caller fails over or lets
-   * the recipients wait until then, keeping their attempt count: a limit is not a failure). Counted when
-   * handed to the upstream.
+   * Takes from the send limits: checked and counted in one atomic step (in this process, or in Redis across
+   * instances), so concurrent attempts never overspend a budget. Over a limit: answers the exact time the
+   * window frees (the caller fails over or lets the recipients wait until then, keeping their attempt count: a
+   * limit is not a failure). Counters out of reach: answers a short wait, for the same reasons; mail is never
+   * sent unchecked and never bounced for it. Counted when handed to the upstream.
    */
-  #overLimit(record: MessageRecord, upstream: string, sender: string, count: number, recipients: readonly string[]): number | undefined {
-    const limits = this.#o.limits;
+  async #overLimit(record: MessageRecord, upstream: string, sender: string, count: number, recipients: readonly string[]): Promise<number | undefined> {
+    const limits = this.#limits;
     const key = limits?.key(upstream, sender);
     if (!limits || key === undefined) return undefined;
     const now = this.#o.clock.now();
-    const check = limits.check(key, count, now);
-    if (check.ok) {
-      limits.record(key, count, now);
-      return undefined;
+    let check: LimitCheck;
+    try {
+      check = await limits.take(key, count, now);
+    } catch (err) {
+      const retryAt = this.#o.clock.now() + (this.#o.limitsUnavailableRetry ?? LIMITS_UNAVAILABLE_RETRY_MS);
+      this.#o.limitMetrics?.deferred(upstream, 'state_unavailable');
+      this.#o.log.warn(
+        { event: 'limit.unavailable', queueId: record.id, upstream, key, recipients, nextAttemptAt: new Date(retryAt).toISOString(), err },
+        'send-limit counters cannot be reached; waiting rather than sending over the limit',
+      );
+      return retryAt;
     }
+    if (check.ok) return undefined;
     const limit = `${check.rule.max} ${check.rule.unit} per ${check.rule.window}`;
+    this.#o.limitMetrics?.deferred(upstream, 'limit');
     this.#o.log.info(
       { event: 'limit.deferred', queueId: record.id, upstream, key, limit, recipients, nextAttemptAt: new Date(check.retryAt).toISOString() },
       `send limit reached (${limit}); waiting for the window`,

@@ -15,9 +15,11 @@ import { SmtpError, toSmtpError } from '../smtp-error.js';
 import { newQueueId } from '../spool/queue-id.js';
 import { createRecord, type MessageRecord } from '../spool/record.js';
 import type { Spool } from '../spool/spool.js';
+import type { WindowCounter } from '../state/window-counter.js';
 import { AuthFailureGuard } from './auth-guard.js';
 import { dataRejectionReason, type InboundMetrics, type RejectionReason } from './metrics.js';
 import { InboundMessageTransform, type ReceivedTrace } from './message-stream.js';
+import { InboundRateLimiter, type RateKind } from './rate-limits.js';
 import type { LocalUsers } from './users.js';
 
 export interface ListenerDeps {
@@ -33,6 +35,10 @@ export interface ListenerDeps {
   /** With action refuse, listed recipients get 550 5.7.1 at RCPT TO. */
   suppression?: SuppressionSettings;
   metrics?: InboundMetrics;
+  /** Message and recipient rates (rateLimits); in Redis when several instances share them. */
+  rateCounter: WindowCounter;
+  /** The time the rate windows are measured in (a test's clock). */
+  now?: () => number;
 }
 
 function headerValue(block: Buffer | undefined, name: string): string | undefined {
@@ -57,6 +63,7 @@ export class Listener {
   readonly server: SMTPServer;
   readonly #networks: NetworkList;
   readonly #authGuard: AuthFailureGuard;
+  readonly #rates: InboundRateLimiter;
   readonly #perIp = new Map<string, number>();
   readonly #counted = new Set<string>();
 
@@ -66,6 +73,7 @@ export class Listener {
   ) {
     this.#networks = new NetworkList(config.role === 'relay' ? config.networks : []);
     this.#authGuard = new AuthFailureGuard(config.maxAuthFailures, config.authFailureWindow);
+    this.#rates = new InboundRateLimiter(config.name, config.rateLimits, deps.rateCounter, deps.log, deps.now);
     this.server = new SMTPServer(this.#options());
     this.server.on('error', (err) => {
       // Before listening, the error is a failed bind, which listen() reports itself.
@@ -119,6 +127,8 @@ export class Listener {
       hideDSN: true,
       hideREQUIRETLS: true,
       logger: false,
+      // Only these peers may (and must) open with a PROXY header; from any other peer the line is an unknown command (500).
+      useProxy: c.proxyProtocol ? [...c.proxyProtocol.from] : false,
       onConnect: (session, cb) => cb(this.#onConnect(session)),
       onSecure: (_socket, session, cb) => {
         // Inside TLS the listener-wide list applies again, so AUTH is offered.
@@ -132,13 +142,19 @@ export class Listener {
           (err: unknown) => cb(toSmtpError(err).forSmtpServer()),
         );
       },
-      onMailFrom: (address, session, cb) => this.#reply(cb, this.#onMailFrom(address, session)),
+      onMailFrom: (address, session, cb) => {
+        const refused = this.#onMailFrom(address, session);
+        if (refused) return this.#reply(cb, refused);
+        this.#takeRate('messages', session, cb);
+      },
       onRcptTo: (address, session, cb) => {
         const bad = checkEnvelopeAddress(address.address, 'recipient');
         if (bad) return this.#reply(cb, bad, 'recipient_address');
         const suppressed = this.#checkSuppressed(address.address, session);
         if (suppressed) return this.#reply(cb, suppressed, 'suppressed');
-        this.#reply(cb, this.#checkReachable(address.address, session), 'unreachable');
+        const unreachable = this.#checkReachable(address.address, session);
+        if (unreachable) return this.#reply(cb, unreachable, 'unreachable');
+        this.#takeRate('recipients', session, cb);
       },
       onData: (stream, session, cb) => this.#onData(stream, session, cb),
     };
@@ -154,6 +170,24 @@ export class Listener {
     if (err && reason) this.#rejected(reason, err.code);
     const reply = err ? err.forSmtpServer() : null;
     setImmediate(() => cb(reply));
+  }
+
+  /**
+   * Counts a command that every other check accepted (so refused senders and recipients use no budget) and
+   * answers it. The count may wait on Redis; #reply still answers on a later turn either way.
+   */
+  #takeRate(kind: RateKind, session: SMTPServerSession, cb: Callback): void {
+    const client = { address: normalizeIp(session.remoteAddress), user: typeof session.user === 'string' ? session.user : undefined };
+    if (!this.#rates.applies(kind, client)) return this.#reply(cb, undefined);
+    void this.#rates.take(kind, client).then((refusal) => {
+      if (refusal) {
+        this.deps.log.warn(
+          { event: 'smtp.refused', listener: this.config.name, client: client.address, user: client.user, reason: refusal.reason, limit: refusal.limit, retryAt: new Date(refusal.retryAt).toISOString() },
+          'rate limit reached',
+        );
+      }
+      this.#reply(cb, refusal?.error, 'rate_limited');
+    });
   }
 
   #rejected(reason: RejectionReason, code: number): void {
@@ -205,6 +239,7 @@ export class Listener {
     this.#keepSourceRoutes(session);
     this.deps.metrics?.connections.inc({ listener: this.config.name });
     const ip = normalizeIp(session.remoteAddress);
+    if (this.#rates.exempts(ip)) return null;
     const count = (this.#perIp.get(ip) ?? 0) + 1;
     if (count > this.config.maxConnectionsPerIp) {
       this.#rejected('connections_per_ip', 421);

@@ -10,6 +10,7 @@ export const REJECTION_REASONS = {
   connections_per_ip: 421,
   auth_throttled: 421,
   auth_required: 530,
+  rate_limited: 450,
   sender_address: 553,
   sender_not_allowed: 553,
   recipient_address: 553,
