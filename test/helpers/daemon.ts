@@ -13,6 +13,7 @@ import nodemailer from 'nodemailer';
 import { stringify } from 'yaml';
 import { parseConfig } from '../../src/config/load.js';
 import { Daemon } from '../../src/daemon.js';
+import type { Clock } from '../../src/delivery/clock.js';
 import { createLogger } from '../../src/log.js';
 import { freePort } from './net.js';
 import { startSink, type Sink } from './sink.js';
@@ -87,11 +88,12 @@ async function withPortRetry<T>(config: Record<string, unknown>, start: () => Pr
   }
 }
 
-export async function startInProcess(config: Record<string, unknown>): Promise<InProcessDaemon> {
-  return withPortRetry(config, () => startInProcessOnce(config));
+/** clock: the daemon's time (a test moves an offset clock instead of waiting). */
+export async function startInProcess(config: Record<string, unknown>, clock?: Clock): Promise<InProcessDaemon> {
+  return withPortRetry(config, () => startInProcessOnce(config, clock));
 }
 
-async function startInProcessOnce(config: Record<string, unknown>): Promise<InProcessDaemon> {
+async function startInProcessOnce(config: Record<string, unknown>, clock?: Clock): Promise<InProcessDaemon> {
   const parsed = parseConfig(stringify(config), 'test');
   const lines: Record<string, unknown>[] = [];
   const waiters = new Set<{ match: (l: Record<string, unknown>) => boolean; resolve: (l: Record<string, unknown>) => void }>();
@@ -107,7 +109,7 @@ async function startInProcessOnce(config: Record<string, unknown>): Promise<InPr
       for (const w of waiters) if (w.match(line)) (waiters.delete(w), w.resolve(line));
     }
   });
-  const daemon = await Daemon.start(parsed, createLogger(parsed.log.level, sink));
+  const daemon = await Daemon.start(parsed, createLogger(parsed.log.level, sink), clock);
   return {
     daemon,
     logs: () => lines,
