@@ -4,7 +4,9 @@
  * take effect at once; everything that owns a socket or a connection pool (listeners' addresses and limits,
  * upstreams, Microsoft apps, the spool, the admin listener) keeps its running value until a restart.
  */
+import { createHash } from 'node:crypto';
 import type { Config } from '../config/schema.js';
+import { Secret } from '../config/secret.js';
 
 export interface ReloadPlan {
   /** The config to run with: the new one, with the restart-only parts of the old one. */
@@ -64,7 +66,13 @@ export function planReload(old: Readonly<Config>, next: Readonly<Config>): Reloa
   return { config, changed, restartRequired };
 }
 
-/** Secrets print as "[secret]", so a changed password counts as unchanged; upstream secrets need a restart anyway. */
+/** Compared by content, secrets included: they serialise as "[secret]", which would hide a changed password. */
 function same(a: unknown, b: unknown): boolean {
-  return JSON.stringify(a) === JSON.stringify(b);
+  return JSON.stringify(a, revealDigest) === JSON.stringify(b, revealDigest);
+}
+
+/** A replacer sees a Secret only after its toJSON, so look it up on the holder; a digest keeps it out of memory dumps. */
+function revealDigest(this: Record<string, unknown>, key: string, value: unknown): unknown {
+  const raw = this[key];
+  return raw instanceof Secret ? `secret:${createHash('sha256').update(raw.reveal()).digest('hex')}` : value;
 }
