@@ -1,7 +1,7 @@
 import { mkdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { Low } from 'lowdb';
-import { JSONFile } from 'lowdb/node';
+import { DurableJsonFile } from '../state/durable-json-file.js';
 import type { LimitsConfig, LimiterSnapshot } from './limits.js';
 import { LocalSendLimits, SendLimiter } from './limits.js';
 import { configuredLimits, type LimitsSetting } from './limits-config.js';
@@ -26,7 +26,7 @@ export function limitsFile(stateDir: string): string {
 
 /** Reads the file; undefined when there is none yet. */
 export async function readLimitsFile(file: string): Promise<LimitsFileData | undefined> {
-  const db = new Low<LimitsFileData | null>(new JSONFile(file), null);
+  const db = new Low<LimitsFileData | null>(new DurableJsonFile<LimitsFileData | null>(file), null);
   await db.read();
   const data = db.data;
   if (!data || typeof data !== 'object' || !data.snapshot || data.snapshot.version !== 1) return undefined;
@@ -54,7 +54,7 @@ export class LimitStore extends LocalSendLimits {
     private readonly now: () => number = Date.now,
   ) {
     super(limiter);
-    this.#db = new Low<LimitsFileData | null>(new JSONFile(file), null);
+    this.#db = new Low<LimitsFileData | null>(new DurableJsonFile<LimitsFileData | null>(file), null);
   }
 
   /** Takes over the counters of the last run (if any), then saves every intervalMs while they change. */
