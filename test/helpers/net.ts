@@ -32,6 +32,8 @@ export interface SmtpDialogOptions {
   localAddress?: string;
   /** overall timeout for the whole dialog, default 5000 ms */
   timeoutMs?: number;
+  /** written as soon as the connection is up, before the greeting (a load balancer's PROXY header) */
+  preamble?: string;
 }
 
 /** SMTP command verbs recognised inside RAW: entries (upper case only, so body text rarely matches). */
@@ -86,6 +88,7 @@ export function smtpDialog(port: number, lines: string[], opts: SmtpDialogOption
       port,
       ...(opts.localAddress ? { localAddress: opts.localAddress } : {}),
     });
+    if (opts.preamble !== undefined) socket.once('connect', () => socket.write(opts.preamble!));
 
     const finish = (err?: Error): void => {
       if (done) return;

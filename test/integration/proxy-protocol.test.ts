@@ -6,7 +6,6 @@
  * gets an unknown command and no relay rights.
  */
 import assert from 'node:assert/strict';
-import net from 'node:net';
 import { after, before, test } from 'node:test';
 import { startInProcess, tempDir, testConfig, type InProcessDaemon } from '../helpers/daemon.js';
 import { freePort, smtpDialog, smtpReplies, smtpReplyCodes } from '../helpers/net.js';
@@ -43,33 +42,9 @@ after(async () => {
 
 const proxyLine = (client: string) => `PROXY TCP4 ${client} 127.0.0.1 5555 25\r\n`;
 
-/**
- * A load balancer's connection: writes `preamble` (the PROXY header) at once, then one SMTP command per reply,
- * the message after a 354. Resolves with the whole transcript when the commands are done or the server closes.
- */
+/** A load balancer's connection: the PROXY header at once, then one SMTP command per reply. */
 function balancerDialog(preamble: string, commands: string[], localAddress = '127.0.0.1'): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const socket = net.connect({ host: '127.0.0.1', port: relay.port('edge'), localAddress });
-    let transcript = '';
-    let scanned = 0;
-    let next = 0;
-    const finish = () => (socket.destroy(), resolve(transcript));
-    socket.setEncoding('latin1');
-    socket.on('connect', () => socket.write(preamble));
-    socket.on('data', (chunk: string) => {
-      transcript += chunk;
-      let nl: number;
-      while ((nl = transcript.indexOf('\n', scanned)) !== -1) {
-        const line = transcript.slice(scanned, nl).replace(/\r$/, '');
-        scanned = nl + 1;
-        if (!/^\d{3}(?: |$)/.test(line)) continue;
-        if (next >= commands.length) return finish();
-        socket.write(`${commands[next++]!}\r\n`);
-      }
-    });
-    socket.on('close', finish);
-    socket.on('error', (err: NodeJS.ErrnoException) => (transcript ? finish() : reject(err)));
-  });
+  return smtpDialog(relay.port('edge'), commands, { preamble, localAddress });
 }
 
 function messageCommands(subject: string, to: string): string[] {
