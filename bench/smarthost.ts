@@ -45,6 +45,8 @@ export function benchConfig(o: SmarthostOptions, port: number): Record<string, u
     ],
     upstreams: { sink: { type: 'smtp', host: '127.0.0.1', port: o.upstreamPort, security: 'none', maxConnections: 20 } },
     routing: { default: 'sink' },
+    // Served as usual, on any free port: the default 9325 may belong to another smarthost on this machine.
+    admin: { port: 0 },
     delivery: { ...(o.retry ? { retry: o.retry } : {}), shutdownTimeout: '10s' },
   };
 }

@@ -114,12 +114,9 @@ export class Daemon {
     registerSpoolMetrics(registry, spool.dir);
     const inboundMetrics = new InboundMetrics(registry, config.listeners.map((l) => l.name), config.tags);
 
-    const recovered = await spool.recover();
-    for (const c of recovered.corrupt) {
-      log.error({ event: 'spool.corrupt', queueId: c.id, reason: c.reason, movedTo: spool.corruptDir }, 'damaged queue file moved aside');
-    }
-    if (recovered.removed.length > 0) log.info({ event: 'spool.cleaned', files: recovered.removed.length }, 'removed files of messages never acknowledged');
-    log.info({ event: 'spool.recovered', messages: recovered.records.length }, 'queue loaded');
+    // Only the listing before the listeners are bound; the envelopes are read after (see spool.load below).
+    const queued = await spool.scan();
+    if (queued.removed.length > 0) log.info({ event: 'spool.cleaned', files: queued.removed.length }, 'removed files of messages never acknowledged');
 
     const rateCounter = shared.redis ? new RedisWindowCounter(shared.redis, log) : new MemoryWindowCounter();
     const live: LiveSettings = { config, users: new LocalUsers(config.users), suppression };
@@ -177,7 +174,13 @@ export class Daemon {
       onError: (err) => log.error({ event: 'suppression.error', file: list.file, err }, 'suppression list unreadable; keeping the previous one'),
     });
     // Recovered mail is handed over only once every listener is bound: a start that fails delivers nothing.
-    for (const record of recovered.records) scheduler.add(record);
+    // Each record as soon as it is read, so a large queue starts draining while the rest loads. Damaged files are
+    // reported, not thrown: nothing here can fail the start once the listeners are bound.
+    const recovered = await spool.load(queued, (record) => scheduler.add(record));
+    for (const c of recovered.corrupt) {
+      log.error({ event: 'spool.corrupt', queueId: c.id, reason: c.reason, movedTo: c.movedTo }, c.movedTo ? 'damaged queue file moved aside' : 'damaged queue file left in place');
+    }
+    log.info({ event: 'spool.recovered', messages: recovered.loaded }, 'queue loaded');
     for (const l of listeners) {
       log.info({ event: 'listening', listener: l.config.name, role: l.config.role, host: l.config.host, port: l.port }, 'listening');
     }

@@ -1,4 +1,4 @@
-import { open } from 'node:fs/promises';
+import { closeFd, fsyncFd, openFd } from './fd.js';
 
 /**
  * fsyncs a directory so renames into it survive a crash. Callers that arrive while a sync is running
@@ -24,11 +24,11 @@ export class DirSync {
   }
 
   async #syncOnce(): Promise<void> {
-    const handle = await open(this.dir, 'r');
+    const fd = await openFd(this.dir, 'r');
     try {
-      await handle.sync();
+      await fsyncFd(fd);
     } finally {
-      await handle.close();
+      await closeFd(fd);
     }
   }
 }

@@ -1,11 +1,29 @@
-import { createReadStream } from 'node:fs';
-import { mkdir, open, readdir, readFile, rename, rm, unlink, type FileHandle } from 'node:fs/promises';
+import { createReadStream, readFile as readFileCallback } from 'node:fs';
+import { mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { SmtpError } from '../smtp-error.js';
 import { DirSync } from './dir-sync.js';
+import { closeFd, fsyncFd, openFd, renameFile, unlinkFile, writeFd, writevFd } from './fd.js';
 import { QUEUE_ID } from './queue-id.js';
+import { BufferReclaimer, reclaimingReads } from './reclaim.js';
 import { parseRecord, serializeRecord, type MessageRecord } from './record.js';
+
+/** What {@link Spool.scan} found in queue/. */
+export interface QueueListing {
+  /** Files removed: leftovers in incoming/ and bodies without an envelope. */
+  removed: string[];
+  /** Queue IDs with an envelope, oldest first. */
+  ids: string[];
+  names: ReadonlySet<string>;
+}
+
+/** A damaged envelope found at start-up; movedTo is unset when it could not be moved aside. */
+export interface CorruptRecord {
+  id: string;
+  reason: string;
+  movedTo?: string;
+}
 
 /** Envelope files read at once while the queue is loaded at start-up. */
 const RECOVERY_READS = 32;
@@ -43,7 +61,7 @@ export class Spool {
   }
 
   openBody(id: string, range?: { start?: number; end?: number }): Readable {
-    return createReadStream(this.bodyPath(id), range);
+    return createReadStream(this.bodyPath(id), { ...range, fs: reclaimingReads() });
   }
 
   /**
@@ -55,28 +73,28 @@ export class Spool {
   async store(source: Readable, record: MessageRecord, finish?: (record: MessageRecord) => void): Promise<MessageRecord> {
     const tmpBody = join(this.incomingDir, `${record.id}.eml`);
     const tmpMeta = join(this.incomingDir, `${record.id}.json`);
-    let body: FileHandle | undefined;
+    let body: number | undefined;
     // The iterator below reports the source's first error; one emitted after it stopped reading (a stage that
     // fails again while being destroyed) is the same failure, not an uncaught exception.
     source.on('error', ignore);
     try {
-      body = await open(tmpBody, 'wx');
+      body = await openFd(tmpBody, 'wx');
       await writeStream(source, body);
       finish?.(record);
       // Both files fsync'ed (concurrently) before either is renamed; the body goes into queue/ first.
       // allSettled: neither write may still be running when a failure's cleanup removes the files.
-      const written = await Promise.allSettled([body.sync(), writeDurably(tmpMeta, serializeRecord(record))]);
+      const written = await Promise.allSettled([fsyncFd(body), writeDurably(tmpMeta, serializeRecord(record))]);
       for (const w of written) if (w.status === 'rejected') throw w.reason;
       const closing = body;
       body = undefined;
-      await closing.close();
-      await rename(tmpBody, this.bodyPath(record.id));
-      await rename(tmpMeta, this.#metaPath(record.id));
+      await closeFd(closing);
+      await renameFile(tmpBody, this.bodyPath(record.id));
+      await renameFile(tmpMeta, this.#metaPath(record.id));
       await this.#queueSync.sync();
       return record;
     } catch (err) {
       source.destroy();
-      await body?.close().catch(() => {});
+      if (body !== undefined) await closeFd(body).catch(() => {});
       await Promise.all([tmpBody, tmpMeta, this.bodyPath(record.id), this.#metaPath(record.id)].map((p) => rm(p, { force: true }).catch(() => {})));
       if (err instanceof SmtpError) throw err;
       throw new SmtpError(451, '4.3.0', 'Local error in processing: could not queue the message, try again later', { cause: err });
@@ -87,14 +105,14 @@ export class Spool {
   async update(record: MessageRecord): Promise<void> {
     const tmp = join(this.incomingDir, `${record.id}.json.update`);
     await writeDurably(tmp, serializeRecord(record));
-    await rename(tmp, this.#metaPath(record.id));
+    await renameFile(tmp, this.#metaPath(record.id));
     await this.#queueSync.sync();
   }
 
   /** Removes a finished message: envelope first, so a crash in between leaves only an orphan body. */
   async remove(id: string): Promise<void> {
-    await unlink(this.#metaPath(id)).catch(ignoreMissing);
-    await unlink(this.bodyPath(id)).catch(ignoreMissing);
+    await unlinkFile(this.#metaPath(id)).catch(ignoreMissing);
+    await unlinkFile(this.bodyPath(id)).catch(ignoreMissing);
   }
 
   /** The message's header block (up to the blank line), for bounces that quote it. */
@@ -115,10 +133,23 @@ export class Spool {
   }
 
   /**
-   * Start-up scan. Files in incoming/ belong to messages never acknowledged and are removed; a body without
-   * an envelope likewise. A damaged envelope (and its body) moves to corrupt/ and is reported, never fatal.
+   * Start-up scan, all at once: {@link scan} then {@link load}. The daemon runs the two steps apart, so that
+   * deliveries start while a large queue is still being read.
    */
-  async recover(): Promise<{ records: MessageRecord[]; removed: string[]; corrupt: { id: string; reason: string }[] }> {
+  async recover(): Promise<{ records: MessageRecord[]; removed: string[]; corrupt: CorruptRecord[] }> {
+    const listing = await this.scan();
+    const records: MessageRecord[] = [];
+    const { corrupt } = await this.load(listing, (r) => records.push(r));
+    records.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    return { records, removed: listing.removed, corrupt };
+  }
+
+  /**
+   * Start-up scan, first step, before any listener is bound: files in incoming/ belong to messages never
+   * acknowledged and are removed, a body without an envelope likewise. Lists queue/; messages accepted after
+   * this are not part of the listing, so none is loaded twice.
+   */
+  async scan(): Promise<QueueListing> {
     const removed: string[] = [];
     for (const name of await readdir(this.incomingDir)) {
       await rm(join(this.incomingDir, name), { force: true });
@@ -133,31 +164,49 @@ export class Spool {
         removed.push(name);
       }
     }
-    const loaded: (MessageRecord | undefined)[] = new Array(ids.length);
-    const corrupt: { id: string; reason: string }[] = [];
-    // Reads overlap (a large queue loads in a fraction of the time one by one takes); results keep ID order.
+    return { removed, ids, names };
+  }
+
+  /**
+   * Start-up scan, second step: reads the listed envelopes, oldest first with reads overlapping, and hands
+   * each to `onRecord` as soon as it is read. A damaged envelope (and its body) moves to corrupt/ and is
+   * reported, never fatal: only an error thrown by onRecord fails this step, so it may run after the listeners
+   * are bound.
+   */
+  async load(listing: QueueListing, onRecord: (record: MessageRecord) => void): Promise<{ loaded: number; corrupt: CorruptRecord[] }> {
+    const { ids, names } = listing;
+    const corrupt: CorruptRecord[] = [];
+    let loaded = 0;
     let next = 0;
     const worker = async () => {
       for (let i = next++; i < ids.length; i = next++) {
         const id = ids[i]!;
+        let record: MessageRecord;
         try {
           if (!names.has(`${id}.eml`)) throw new Error('message body file is missing');
-          const record = parseRecord(await readFile(join(this.queueDir, `${id}.json`)));
+          record = parseRecord(await readSmallFile(this.#metaPath(id)));
           if (record.id !== id) throw new Error(`record names another queue ID (${record.id})`);
-          loaded[i] = record;
         } catch (err) {
-          corrupt.push({ id, reason: (err as Error).message });
-          await this.#quarantine(id, names);
+          corrupt.push(await this.#quarantine(id, names, (err as Error).message));
+          continue;
         }
+        loaded++;
+        onRecord(record);
       }
     };
     await Promise.all(Array.from({ length: Math.min(RECOVERY_READS, ids.length) }, worker));
-    return { records: loaded.filter((r): r is MessageRecord => r !== undefined), removed, corrupt };
+    return { loaded, corrupt };
   }
 
-  async #quarantine(id: string, names: Set<string>): Promise<void> {
-    for (const ext of ['json', 'eml']) {
-      if (names.has(`${id}.${ext}`)) await rename(join(this.queueDir, `${id}.${ext}`), join(this.corruptDir, `${id}.${ext}`));
+  async #quarantine(id: string, names: ReadonlySet<string>, reason: string): Promise<CorruptRecord> {
+    try {
+      for (const ext of ['json', 'eml']) {
+        if (names.has(`${id}.${ext}`)) await rename(join(this.queueDir, `${id}.${ext}`), join(this.corruptDir, `${id}.${ext}`));
+      }
+      return { id, reason, movedTo: this.corruptDir };
+    } catch (err) {
+      // Left where it is (never loaded, never deleted); the next start tries again.
+      return { id, reason: `${reason}; could not be moved aside: ${(err as Error).message}` };
     }
   }
 
@@ -170,42 +219,52 @@ export class Spool {
  * Copies `source` into `handle`, gathering chunks into one writev per WRITE_BATCH bytes. The source's own
  * error (or a premature close) is thrown as is.
  */
-async function writeStream(source: Readable, handle: FileHandle): Promise<void> {
+async function writeStream(source: Readable, fd: number): Promise<void> {
   let batch: Buffer[] = [];
   let batched = 0;
+  const reclaimer = new BufferReclaimer();
   for await (const chunk of source as AsyncIterable<Buffer | string>) {
     const buffer = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
+    reclaimer.count(buffer.length);
     batch.push(buffer);
     batched += buffer.length;
     if (batched >= WRITE_BATCH) {
-      await writeAll(handle, batch, batched);
+      await writeAll(fd, batch, batched);
       batch = [];
       batched = 0;
     }
   }
-  if (batched > 0) await writeAll(handle, batch, batched);
+  if (batched > 0) await writeAll(fd, batch, batched);
 }
 
-async function writeAll(handle: FileHandle, chunks: Buffer[], length: number): Promise<void> {
-  const { bytesWritten } = await handle.writev(chunks);
+async function writeAll(fd: number, chunks: Buffer[], length: number): Promise<void> {
+  const { bytesWritten } = await writevFd(fd, chunks);
   if (bytesWritten === length) return;
   // A short write (a full disk reports ENOSPC on the next one): the rest, from where it stopped.
   const rest = Buffer.concat(chunks).subarray(bytesWritten);
   for (let offset = 0; offset < rest.length; ) {
-    const written = (await handle.write(rest, offset)).bytesWritten;
+    const written = (await writeFd(fd, rest, offset)).bytesWritten;
     if (written === 0) throw new Error('the body file accepted no more bytes');
     offset += written;
   }
 }
 
 async function writeDurably(path: string, data: Buffer): Promise<void> {
-  const handle = await open(path, 'w');
+  const fd = await openFd(path, 'w');
   try {
-    await handle.writeFile(data);
-    await handle.sync();
+    await writeAll(fd, [data], data.length);
+    await fsyncFd(fd);
   } finally {
-    await handle.close();
+    await closeFd(fd);
   }
+}
+
+/**
+ * readFile through the callback API: the same open, fstat, read and close, without a FileHandle and a promise
+ * for each step. Reading 10,000 envelopes took 0.7-1.1 s of CPU with fs/promises' readFile, 0.2-0.4 s this way.
+ */
+function readSmallFile(path: string): Promise<Buffer> {
+  return new Promise((resolve, reject) => readFileCallback(path, (err, data) => (err ? reject(err) : resolve(data))));
 }
 
 function ignore(): void {}
