@@ -2,7 +2,7 @@
  * `npm run bench`: smarthost against Postfix on this machine, same sink, same load, loopback only.
  *
  *   npm run bench -- [--scenario a|b|c|d|e]... [--all] [--scale F] [--sink smtp-sink|node]
- *                    [--no-postfix] [--cpu-prof] [--keep]
+ *                    [--generator node|smtp-source] [--no-postfix] [--cpu-prof] [--keep]
  *
  * Every load runs on a freshly started server with an empty queue (smarthost and Postfix alike), so no
  * system is measured warm against a cold one and per-load CPU and memory need no subtraction of earlier
@@ -74,6 +74,8 @@ interface Context {
   smtpSource: string | undefined;
   profileDir: string | undefined;
   keep: boolean;
+  /** --generator: only these load generators (default: both). */
+  generators: Generator[] | undefined;
 }
 
 interface Measurement {
@@ -216,11 +218,11 @@ function describe(spec: LoadSpec): string {
 async function runLoadScenario(id: string, s: LoadScenario, ctx: Context): Promise<string> {
   const spec = scaled(s, ctx.scale);
   const compare = s.compare && ctx.postfix.ok;
-  const generators = s.generators.filter((g) => g === 'node' || ctx.smtpSource);
+  const generators = s.generators.filter((g) => (g === 'node' || ctx.smtpSource) && (!ctx.generators || ctx.generators.includes(g)));
   const notes: string[] = [];
   if (!s.compare) notes.push('smarthost only: no Postfix comparison for this scenario');
   else if (!ctx.postfix.ok) notes.push(`Postfix comparison skipped: ${ctx.postfix.reason}`);
-  if (generators.length < s.generators.length) notes.push('smtp-source not found: Node generator only');
+  if (!ctx.smtpSource && s.generators.includes('smtp-source')) notes.push('smtp-source not found: Node generator only');
   const results: Measurement[] = [];
   for (const generator of generators) {
     for (const system of compare ? (['smarthost', 'postfix'] as const) : (['smarthost'] as const)) {
@@ -346,12 +348,13 @@ function options() {
       'no-postfix': { type: 'boolean', default: false },
       'cpu-prof': { type: 'boolean', default: false },
       keep: { type: 'boolean', default: false },
+      generator: { type: 'string', multiple: true, short: 'g' },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
   if (values.help) {
     console.log(
-      'usage: npm run bench -- [--scenario a|b|c|d|e]... [--all] [--scale F] [--sink smtp-sink|node] [--no-postfix] [--cpu-prof] [--keep]\n' +
+      'usage: npm run bench -- [--scenario a|b|c|d|e]... [--all] [--scale F] [--sink smtp-sink|node] [--generator node|smtp-source] [--no-postfix] [--cpu-prof] [--keep]\n' +
         Object.entries(SCENARIOS)
           .map(([id, s]) => `  ${id}  ${s.title}`)
           .join('\n'),
@@ -363,7 +366,9 @@ function options() {
   const scale = Number(values.scale);
   if (!(scale > 0 && scale <= 10)) throw new Error('--scale must be a number in (0, 10]');
   if (values.sink !== 'smtp-sink' && values.sink !== 'node') throw new Error('--sink must be smtp-sink or node');
-  return { ids, scale, sink: values.sink as SinkKind, postfix: !values['no-postfix'], cpuProf: values['cpu-prof'], keep: values.keep };
+  const generators = values.generator?.flatMap((g) => g.split(','));
+  for (const g of generators ?? []) if (g !== 'node' && g !== 'smtp-source') throw new Error(`unknown generator "${g}"; choose node or smtp-source`);
+  return { ids, scale, sink: values.sink as SinkKind, postfix: !values['no-postfix'], cpuProf: values['cpu-prof'], keep: values.keep, generators: generators as Generator[] | undefined };
 }
 
 async function main(): Promise<void> {
@@ -387,6 +392,7 @@ async function main(): Promise<void> {
     smtpSource: findProgram('smtp-source'),
     profileDir,
     keep: o.keep,
+    generators: o.generators,
   };
   const postfixVersion = ctx.postfix.ok ? runSync(findProgram('postconf')!, ['-dh', 'mail_version'], 10_000).trim() : 'n/a';
   console.log(

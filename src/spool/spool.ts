@@ -34,8 +34,9 @@ const WRITE_BATCH = 256 * 1024;
 /**
  * The spool keeps each message as two files in queue/: <id>.eml, the body exactly as accepted and never
  * rewritten, and <id>.json, the envelope and delivery state, replaced atomically on every change. A message
- * exists once its .json is in queue/; both files are written and fsync'ed in incoming/ first, the body is
- * renamed before the envelope that points at it, and the directory is fsync'ed before the client hears 250.
+ * exists once its .json is in queue/: the body is written straight to queue/<id>.eml (a body without an
+ * envelope is a leftover that start-up removes), the envelope to incoming/<id>.json; both are fsync'ed before
+ * the envelope is renamed into queue/, and the directory is fsync'ed before the client hears 250.
  */
 export class Spool {
   readonly incomingDir: string;
@@ -66,36 +67,49 @@ export class Spool {
 
   /**
    * Streams a message into the spool and returns once it is durable. `finish` is called after the body is
-   * written, to complete the record from what the stream learned (size, Message-ID). Errors thrown by the
+   * received, to complete the record from what the stream learned (size, Message-ID). Errors thrown by the
    * source (an SmtpError such as a loop or size refusal) pass through; storage failures become 451 4.3.0.
    * Either way nothing is left behind.
+   *
+   * The client waits for its 250 through every step after the final dot, and each step is a trip through
+   * libuv's threadpool (4 threads, often all in fsync) and back through a busy event loop. So both files are
+   * opened while the body arrives, and after the dot the body's last bytes and the envelope are written and
+   * fsync'ed side by side; one rename and the directory fsync follow, the closes run beside the latter: 3 trips
+   * plus the shared directory sync, instead of 8. Bench (a), median of 3 alternated runs: accept latency p50
+   * 32.5 -> 27.7 ms, p99 85 -> 69 ms, CPU 2.57 -> 2.33 ms per message.
    */
   async store(source: Readable, record: MessageRecord, finish?: (record: MessageRecord) => void): Promise<MessageRecord> {
-    const tmpBody = join(this.incomingDir, `${record.id}.eml`);
+    const body = this.bodyPath(record.id);
     const tmpMeta = join(this.incomingDir, `${record.id}.json`);
-    let body: number | undefined;
+    let bodyFd: number | undefined;
+    let metaFd: number | undefined;
     // The iterator below reports the source's first error; one emitted after it stopped reading (a stage that
     // fails again while being destroyed) is the same failure, not an uncaught exception.
     source.on('error', ignore);
     try {
-      body = await openFd(tmpBody, 'wx');
-      await writeStream(source, body);
+      // allSettled, here and below: no call may still be running when a failure's cleanup removes the files.
+      const opened = await Promise.allSettled([openFd(body, 'wx'), openFd(tmpMeta, 'wx')]);
+      if (opened[0].status === 'fulfilled') bodyFd = opened[0].value;
+      if (opened[1].status === 'fulfilled') metaFd = opened[1].value;
+      for (const o of opened) if (o.status === 'rejected') throw o.reason;
+      const [b, m] = [bodyFd!, metaFd!];
+      const rest = await writeStream(source, b);
       finish?.(record);
-      // Both files fsync'ed (concurrently) before either is renamed; the body goes into queue/ first.
-      // allSettled: neither write may still be running when a failure's cleanup removes the files.
-      const written = await Promise.allSettled([fsyncFd(body), writeDurably(tmpMeta, serializeRecord(record))]);
+      const meta = serializeRecord(record);
+      const written = await Promise.allSettled([
+        writeAll(b, rest.chunks, rest.length).then(() => fsyncFd(b)),
+        writeAll(m, [meta], meta.length).then(() => fsyncFd(m)),
+      ]);
       for (const w of written) if (w.status === 'rejected') throw w.reason;
-      const closing = body;
-      body = undefined;
-      await closeFd(closing);
-      await renameFile(tmpBody, this.bodyPath(record.id));
       await renameFile(tmpMeta, this.#metaPath(record.id));
-      await this.#queueSync.sync();
+      bodyFd = metaFd = undefined;
+      const synced = await Promise.allSettled([this.#queueSync.sync(), closeFd(b), closeFd(m)]);
+      for (const s of synced) if (s.status === 'rejected') throw s.reason;
       return record;
     } catch (err) {
       source.destroy();
-      if (body !== undefined) await closeFd(body).catch(() => {});
-      await Promise.all([tmpBody, tmpMeta, this.bodyPath(record.id), this.#metaPath(record.id)].map((p) => rm(p, { force: true }).catch(() => {})));
+      await Promise.all([bodyFd, metaFd].map((fd) => (fd === undefined ? undefined : closeFd(fd).catch(() => {}))));
+      await Promise.all([tmpMeta, body, this.#metaPath(record.id)].map((p) => rm(p, { force: true }).catch(() => {})));
       if (err instanceof SmtpError) throw err;
       throw new SmtpError(451, '4.3.0', 'Local error in processing: could not queue the message, try again later', { cause: err });
     }
@@ -216,10 +230,11 @@ export class Spool {
 }
 
 /**
- * Copies `source` into `handle`, gathering chunks into one writev per WRITE_BATCH bytes. The source's own
- * error (or a premature close) is thrown as is.
+ * Copies `source` into `fd`, gathering chunks into one writev per WRITE_BATCH bytes, and returns the last
+ * batch unwritten, for the caller to write beside the envelope. The source's own error (or a premature
+ * close) is thrown as is.
  */
-async function writeStream(source: Readable, fd: number): Promise<void> {
+async function writeStream(source: Readable, fd: number): Promise<{ chunks: Buffer[]; length: number }> {
   let batch: Buffer[] = [];
   let batched = 0;
   const reclaimer = new BufferReclaimer();
@@ -234,10 +249,11 @@ async function writeStream(source: Readable, fd: number): Promise<void> {
       batched = 0;
     }
   }
-  if (batched > 0) await writeAll(fd, batch, batched);
+  return { chunks: batch, length: batched };
 }
 
 async function writeAll(fd: number, chunks: Buffer[], length: number): Promise<void> {
+  if (length === 0) return;
   const { bytesWritten } = await writevFd(fd, chunks);
   if (bytesWritten === length) return;
   // A short write (a full disk reports ENOSPC on the next one): the rest, from where it stopped.

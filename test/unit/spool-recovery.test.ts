@@ -4,6 +4,7 @@ import { randomBytes } from 'node:crypto';
 import { readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
+import { SmtpError } from '../../src/smtp-error.js';
 import { newQueueId } from '../../src/spool/queue-id.js';
 import { createRecord, serializeRecord, type MessageRecord } from '../../src/spool/record.js';
 import { Spool } from '../../src/spool/spool.js';
@@ -79,6 +80,27 @@ test('a damaged envelope that cannot be moved aside is reported and left in plac
   assert.equal(corrupt[0]!.movedTo, undefined);
   assert.match(corrupt[0]!.reason, /could not be moved aside/);
   assert.ok((await readdir(spool.queueDir)).includes(`${broken.id}.json`), 'the damaged envelope is neither moved nor deleted');
+});
+
+test('a store that fails after body bytes reached the disk leaves nothing in queue/ or incoming/', async (t) => {
+  const dir = await tempDir();
+  t.after(() => dir.remove());
+  const spool = await Spool.open(dir.path);
+  // The body is written straight into queue/: more than one write batch (256 KiB) lands there before the failure.
+  async function* cutOff() {
+    yield randomBytes(300 * 1024);
+    throw new Error('client went away');
+  }
+  await assert.rejects(spool.store(Readable.from(cutOff()), record(newQueueId())), (err: SmtpError) => err.code === 451);
+  const refuse = () => {
+    throw new SmtpError(550, '5.7.1', 'Sender not allowed in From');
+  };
+  await assert.rejects(spool.store(Readable.from([Buffer.from('Subject: hi\r\n\r\nbody\r\n')]), record(newQueueId()), refuse), (err: SmtpError) => err.code === 550);
+  assert.deepEqual(await readdir(spool.queueDir), []);
+  assert.deepEqual(await readdir(spool.incomingDir), []);
+  const stored = await storeMessage(spool);
+  assert.deepEqual((await readdir(spool.queueDir)).sort(), [`${stored.id}.eml`, `${stored.id}.json`]);
+  assert.deepEqual(await readdir(spool.incomingDir), []);
 });
 
 test('scan removes leftovers in incoming/ and bodies without an envelope, and lists only queue IDs', async (t) => {
