@@ -7,6 +7,9 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { after, before } from 'node:test';
+import { createLogger } from '../../src/log.js';
+import { RedisState } from '../../src/state/redis.js';
 import { freePort } from './net.js';
 
 const found = spawnSync('redis-server', ['--version'], { encoding: 'utf8' });
@@ -61,6 +64,44 @@ async function startOnce(port: number): Promise<TestRedis> {
       if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
       await exited;
       await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+export interface FileRedis {
+  /** The server's URL (once the file's tests run). */
+  readonly url: string;
+  /** A connection with its own key prefix (to the file's server, or to `url`), closed after the file's tests. */
+  connect(prefix: string, url?: string): Promise<RedisState>;
+  /** Runs after the file's tests, before the connections close. */
+  onClose(close: () => Promise<void>): void;
+}
+
+/** One redis-server for a test file: started before its tests (unless REDIS_MISSING), stopped after them. */
+export function redisForFile(): FileRedis {
+  let server: TestRedis | undefined;
+  const closing: (() => Promise<void>)[] = [];
+  const connections: RedisState[] = [];
+  before(async () => {
+    if (!REDIS_MISSING) server = await startRedis();
+  });
+  after(async () => {
+    for (const close of closing) await close();
+    await Promise.all(connections.map((r) => r.close()));
+    await server?.stop();
+  });
+  return {
+    get url() {
+      if (!server) throw new Error('the file\'s redis-server is not running');
+      return server.url;
+    },
+    async connect(prefix, url) {
+      const redis = await RedisState.open({ url: url ?? this.url, keyPrefix: prefix, log: createLogger('silent') });
+      connections.push(redis);
+      return redis;
+    },
+    onClose(close) {
+      closing.push(close);
     },
   };
 }

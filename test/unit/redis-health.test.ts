@@ -4,38 +4,27 @@
  * clears the mark for both. Polls are called by the test (no timers), the clock is the test's.
  */
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import { UpstreamHealth } from '../../src/delivery/upstream-health.js';
 import { createLogger } from '../../src/log.js';
-import { RedisState } from '../../src/state/redis.js';
+import type { RedisState } from '../../src/state/redis.js';
 import { RedisHealthSync } from '../../src/state/redis-health.js';
-import { REDIS_MISSING, startRedis, type TestRedis } from '../helpers/redis.js';
+import { REDIS_MISSING, redisForFile, startRedis } from '../helpers/redis.js';
 
 const skip = REDIS_MISSING;
 const T0 = Date.UTC(2025, 5, 3, 12, 0, 0);
 const BACKOFF = 60_000;
 const log = createLogger('silent');
 
-let server: TestRedis;
-const closing: (() => Promise<void>)[] = [];
-before(async () => {
-  if (!skip) server = await startRedis();
-});
-after(async () => {
-  for (const close of closing) await close();
-  await server?.stop();
-});
+const shared = redisForFile();
 
 let now = T0;
 
 async function instance(prefix: string): Promise<{ health: UpstreamHealth; sync: RedisHealthSync; redis: RedisState }> {
-  const redis = await RedisState.open({ url: server.url, keyPrefix: prefix, log });
+  const redis = await shared.connect(prefix);
   const health = new UpstreamHealth(['primary', 'backup'], 2, BACKOFF);
   const sync = new RedisHealthSync(redis, health, ['primary', 'backup'], { log, now: () => now });
-  closing.push(async () => {
-    await sync.close();
-    await redis.close();
-  });
+  shared.onClose(() => sync.close());
   await sync.poll();
   return { health, sync, redis };
 }
@@ -101,13 +90,10 @@ test('a down mark set by one instance is seen by the other; one probe at a time;
 test('without Redis each instance probes on its own, as without shared state', { skip }, async () => {
   now = T0;
   const own = await startRedis();
-  const redis = await RedisState.open({ url: own.url, keyPrefix: 'alone:', log });
+  const redis = await shared.connect('alone:', own.url);
   const health = new UpstreamHealth(['primary'], 1, BACKOFF);
   const sync = new RedisHealthSync(redis, health, ['primary'], { log, now: () => now });
-  closing.push(async () => {
-    await sync.close();
-    await redis.close();
-  });
+  shared.onClose(() => sync.close());
   await sync.poll();
   assert.equal(health.sharedProbes, true);
   await own.stop();

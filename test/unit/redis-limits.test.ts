@@ -5,37 +5,25 @@
  * never pass the limit together.
  */
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
-import { createLogger } from '../../src/log.js';
+import { test } from 'node:test';
 import { SendLimiter, type LimitCheck, type LimitsConfig } from '../../src/delivery/limits.js';
-import { RedisState } from '../../src/state/redis.js';
+import type { RedisState } from '../../src/state/redis.js';
 import { LIMIT_KEY_TTL_MS, RedisSendLimits } from '../../src/state/redis-limits.js';
-import { REDIS_MISSING, startRedis, type TestRedis } from '../helpers/redis.js';
+import { REDIS_MISSING, redisForFile, startRedis } from '../helpers/redis.js';
 
 const skip = REDIS_MISSING;
 const T0 = Date.UTC(2025, 5, 3, 12, 0, 0); // a Tuesday
 const MINUTE = 60_000;
 const DAY = 86_400_000;
-const log = createLogger('silent');
 
-let server: TestRedis;
 let testNo = 0;
-const open: RedisState[] = [];
-
-before(async () => {
-  if (!skip) server = await startRedis();
-});
-after(async () => {
-  await Promise.all(open.map((r) => r.close()));
-  await server?.stop();
-});
+const fileRedis = redisForFile();
 
 /** A connection with a key prefix of its own, so the tests in this file never see each other's keys. */
 async function connect(prefix = `t${++testNo}:`): Promise<RedisState> {
-  const redis = await RedisState.open({ url: server.url, keyPrefix: prefix, log });
-  open.push(redis);
-  assert.ok(redis.up, 'connected to the test redis-server');
-  return redis;
+  const connection = await fileRedis.connect(prefix);
+  assert.ok(connection.up, 'connected to the test redis-server');
+  return connection;
 }
 
 /** A small deterministic generator (mulberry32), so a failing sequence can be replayed. */
@@ -128,8 +116,7 @@ test('reset clears one upstream (each mailbox of it) or all; keys expire a week 
 
 test('Redis gone: take() fails instead of letting mail through unchecked', { skip }, async () => {
   const own = await startRedis();
-  const redis = await RedisState.open({ url: own.url, keyPrefix: 'gone:', log });
-  open.push(redis);
+  const redis = await fileRedis.connect('gone:', own.url);
   const shared = new RedisSendLimits(redis, new Map([['up', { messagesPerMinute: 1, perMailbox: false, mode: 'fixed' as const }]]));
   assert.deepEqual(await shared.take('up', 1, T0), { ok: true });
   await own.stop();

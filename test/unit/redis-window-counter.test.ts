@@ -3,33 +3,19 @@
  * as MemoryWindowCounter for the same takes, atomic under concurrency, and counting locally while Redis is gone.
  */
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import { createLogger } from '../../src/log.js';
-import { RedisState } from '../../src/state/redis.js';
 import { RedisWindowCounter } from '../../src/state/redis-window-counter.js';
 import { MemoryWindowCounter } from '../../src/state/window-counter.js';
-import { REDIS_MISSING, startRedis, type TestRedis } from '../helpers/redis.js';
+import { REDIS_MISSING, redisForFile, startRedis } from '../helpers/redis.js';
 
 const skip = REDIS_MISSING;
 const T0 = Date.UTC(2025, 5, 3, 12, 0, 0);
 const MINUTE = 60_000;
 const log = createLogger('silent');
 
-let server: TestRedis;
-const open: RedisState[] = [];
-before(async () => {
-  if (!skip) server = await startRedis();
-});
-after(async () => {
-  await Promise.all(open.map((r) => r.close()));
-  await server?.stop();
-});
-
-async function connect(prefix: string, url = server.url): Promise<RedisState> {
-  const redis = await RedisState.open({ url, keyPrefix: prefix, log });
-  open.push(redis);
-  return redis;
-}
+const fileRedis = redisForFile();
+const connect = (prefix: string, url?: string) => fileRedis.connect(prefix, url);
 
 test('Redis and memory counters answer alike for the same takes (sliding window, amounts above max included)', { skip }, async () => {
   const shared = new RedisWindowCounter(await connect('same:'));
