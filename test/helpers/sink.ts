@@ -40,6 +40,8 @@ export interface Sink {
   messages: SinkMessage[];
   /** resolves once at least n messages were accepted (event-driven, no polling sleeps); rejects after timeoutMs (default 10000) with a clear error */
   waitForMessages(n: number, timeoutMs?: number): Promise<SinkMessage[]>;
+  /** resolves with the first accepted message addressed to `recipient` (event-driven); rejects as waitForMessages does */
+  waitForRecipient(recipient: string, timeoutMs?: number): Promise<SinkMessage>;
   /** all accepted recipients across messages, for duplicate checks */
   deliveredRecipients(): string[];
   close(): Promise<void>;
@@ -173,6 +175,14 @@ export function startSink(options: SinkOptions = {}): Promise<Sink> {
     host: HOST,
     messages,
 
+    async waitForRecipient(recipient: string, timeoutMs = 10_000): Promise<SinkMessage> {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const found = messages.find((m) => m.recipients.includes(recipient));
+        if (found) return found;
+        await this.waitForMessages(messages.length + 1, Math.max(0, deadline - Date.now()));
+      }
+    },
     waitForMessages(n: number, timeoutMs = 10_000): Promise<SinkMessage[]> {
       if (messages.length >= n) return Promise.resolve(messages.slice());
       return new Promise<SinkMessage[]>((resolve, reject) => {

@@ -50,15 +50,6 @@ function uniqueRecipient(label: string): string {
   return `${label}-${++serial}@example.com`;
 }
 
-/** Resolves with the sink message addressed to `recipient` once it arrives (event-driven). */
-async function deliveredTo(recipient: string): Promise<SinkMessage> {
-  for (;;) {
-    const found = sink.messages.find((m) => m.recipients.includes(recipient));
-    if (found) return found;
-    await sink.waitForMessages(sink.messages.length + 1);
-  }
-}
-
 /** The raw bytes the sink got for a message, after our Received header (which must be the first field). */
 function afterReceived(msg: SinkMessage): Buffer {
   const text = msg.raw.toString('latin1');
@@ -87,7 +78,7 @@ async function deliveredRecipientsAfterMarker(): Promise<string[]> {
   const marker = uniqueRecipient('marker');
   const t = await transaction([marker], 'Subject: marker\r\n\r\nmarker\r\n.\r\n');
   queueIdOf(t);
-  await deliveredTo(marker);
+  await sink.waitForRecipient(marker);
   return sink.deliveredRecipients();
 }
 
@@ -137,7 +128,7 @@ test('a message just under maxMessageSize is accepted', async () => {
   const data = headerAndBody('fits', MAX_SIZE - 400).slice(0, MAX_SIZE - 10);
   const t = await transaction([rcpt], `${data}\r\n.\r\n`);
   queueIdOf(t);
-  await deliveredTo(rcpt);
+  await sink.waitForRecipient(rcpt);
 });
 
 test('a declared SIZE over the limit is refused with 552 at MAIL FROM', async () => {
@@ -150,7 +141,7 @@ test('more than maxRecipients: the 4th RCPT gets 452 and the first three are del
   const rcpts = [1, 2, 3, 4].map(() => uniqueRecipient('many'));
   const t = await transaction(rcpts, 'Subject: many\r\n\r\nhi\r\n.\r\n');
   assert.deepEqual(smtpReplyCodes(t), [220, 250, 250, 250, 250, 250, 452, 354, 250, 221], t);
-  const msg = await deliveredTo(rcpts[0]!);
+  const msg = await sink.waitForRecipient(rcpts[0]!);
   assert.deepEqual(msg.recipients, rcpts.slice(0, 3));
   assert.ok(!sink.deliveredRecipients().includes(rcpts[3]!));
 });
@@ -199,7 +190,7 @@ test('an unknown command gets a 500-class reply and the session goes on', async 
   const codes = smtpReplyCodes(t);
   assert.ok(codes[2]! >= 500 && codes[2]! < 510, t);
   assert.deepEqual(codes.slice(3), [250, 250, 354, 250, 221]);
-  await deliveredTo(rcpt);
+  await sink.waitForRecipient(rcpt);
 });
 
 test('malformed MAIL FROM syntax gets 501', async () => {
@@ -227,7 +218,7 @@ test('a command line beyond the parser limit closes that session only; the daemo
   assert.match(t, /^421 /m);
   const rcpt = uniqueRecipient('after-long-line');
   queueIdOf(await transaction([rcpt], 'Subject: still here\r\n\r\nhi\r\n.\r\n'));
-  await deliveredTo(rcpt);
+  await sink.waitForRecipient(rcpt);
 });
 
 // ---------------------------------------------------------------------------------------------------------
@@ -246,14 +237,14 @@ test('8-bit body bytes arrive at the sink unchanged (nodemailer)', async () => {
   } finally {
     transport.close();
   }
-  assert.ok(afterReceived(await deliveredTo(rcpt)).equals(raw), 'bytes changed on the way');
+  assert.ok(afterReceived(await sink.waitForRecipient(rcpt)).equals(raw), 'bytes changed on the way');
 });
 
 test('bare LF and bare CR line endings in the data arrive as CRLF', async () => {
   const rcpt = uniqueRecipient('bare-lf');
   const t = await transaction([rcpt], 'Subject: bare lf\nX-Mixed: yes\r\n\nline one\nline two\rline three\r\n.\r\n');
   queueIdOf(t);
-  const body = afterReceived(await deliveredTo(rcpt)).toString('latin1');
+  const body = afterReceived(await sink.waitForRecipient(rcpt)).toString('latin1');
   assert.equal(body, 'Subject: bare lf\r\nX-Mixed: yes\r\n\r\nline one\r\nline two\r\nline three\r\n');
 });
 
@@ -283,7 +274,7 @@ test('31 Received headers: 554 5.4.0 (mail loop), not delivered; 30 are accepted
   const ok = uniqueRecipient('loop-30');
   const t30 = await transaction([ok], `${receivedHeaders(30)}Subject: long path\r\n\r\nstill fine\r\n.\r\n`);
   queueIdOf(t30);
-  const raw = (await deliveredTo(ok)).raw.toString('latin1');
+  const raw = (await sink.waitForRecipient(ok)).raw.toString('latin1');
   assert.equal(raw.match(/^Received:/gm)?.length, 31, 'the 30 hops plus ours');
   assert.ok(!sink.deliveredRecipients().includes(looping), 'the looping message was delivered');
 });
@@ -299,7 +290,7 @@ test('SMTP smuggling: <LF>.<CRLF> does not end the data; the sink gets one messa
   // One reply for the whole data, then QUIT: nothing inside the data was taken as a command.
   assert.deepEqual(smtpReplyCodes(t), [220, 250, 250, 250, 354, 250, 221], t);
 
-  const msg = await deliveredTo(rcpt);
+  const msg = await sink.waitForRecipient(rcpt);
   await deliveredRecipientsAfterMarker();
   assert.equal(sink.messages.filter((m) => m.recipients.includes(victim) || m.sender === 'evil@x.example').length, 0);
   assert.equal(sink.messages.filter((m) => m.recipients.includes(rcpt)).length, 1);

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { startInProcess, tempDir, testConfig, type InProcessDaemon } from '../helpers/daemon.js';
 import { freePort, smtpDialog, smtpReplies, smtpReplyCodes } from '../helpers/net.js';
-import { startSink, type Sink, type SinkMessage } from '../helpers/sink.js';
+import { startSink, type Sink } from '../helpers/sink.js';
 
 let dir: Awaited<ReturnType<typeof tempDir>>;
 let sink: Sink;
@@ -51,21 +51,13 @@ function messageCommands(subject: string, to: string): string[] {
   return ['EHLO printer.test', 'MAIL FROM:<scanner@example.com>', `RCPT TO:<${to}>`, 'DATA', `Subject: ${subject}\r\n\r\nscan\r\n.`, 'QUIT'];
 }
 
-async function deliveredTo(recipient: string): Promise<SinkMessage> {
-  for (;;) {
-    const found = sink.messages.find((m) => m.recipients.includes(recipient));
-    if (found) return found;
-    await sink.waitForMessages(sink.messages.length + 1);
-  }
-}
-
 test('a PROXY header from the allowed balancer is honoured: relayed as 192.0.2.10, which the Received header and the log show', async () => {
   const t = await balancerDialog(proxyLine('192.0.2.10'), messageCommands('proxied', 'boss@example.org'));
   assert.deepEqual(smtpReplyCodes(t), [220, 250, 250, 250, 354, 250, 221], t);
   const queueId = /queued as ([0-9A-Z]{22})/.exec(t)![1]!;
   const received = await relay.waitForLog((l) => l.event === 'received' && l.queueId === queueId);
   assert.equal(received.client, '192.0.2.10');
-  const message = await deliveredTo('boss@example.org');
+  const message = await sink.waitForRecipient('boss@example.org');
   const trace = /^Received: from [^\r\n]*(?:\r\n[ \t][^\r\n]*)*/m.exec(message.raw.toString('latin1'))![0];
   assert.match(trace, /\[192\.0\.2\.10\]/);
   assert.doesNotMatch(trace, /127\.0\.0\.1/);

@@ -13,7 +13,7 @@ import nodemailer from 'nodemailer';
 import { hashPassword } from '../../src/inbound/passwords.js';
 import { startInProcess, tempDir, testConfig, type InProcessDaemon } from '../helpers/daemon.js';
 import { freePort, smtpDialog, smtpReplies, smtpReplyCodes } from '../helpers/net.js';
-import { startSink, type Sink, type SinkMessage } from '../helpers/sink.js';
+import { startSink, type Sink } from '../helpers/sink.js';
 import { makeTestCertificate } from '../helpers/tls.js';
 
 const USER = 'alice';
@@ -75,15 +75,6 @@ let serial = 0;
 /** A recipient address no other test uses, so a test can find its own message at the sink. */
 function uniqueRecipient(label: string): string {
   return `${label}-${++serial}@example.com`;
-}
-
-/** Resolves with the sink message addressed to `recipient` once it arrives (event-driven). */
-async function deliveredTo(recipient: string): Promise<SinkMessage> {
-  for (;;) {
-    const found = sink.messages.find((m) => m.recipients.includes(recipient));
-    if (found) return found;
-    await sink.waitForMessages(sink.messages.length + 1);
-  }
 }
 
 function rawMessage(subject: string): string {
@@ -250,7 +241,7 @@ test('relay role: a client in the allowed network sends without AUTH (nodemailer
   const rcpt = uniqueRecipient('trusted-nodemailer');
   const info = await send('relay', rcpt);
   assert.match(info.response, /^250 2\.0\.0 Ok: queued as [0-9A-Z]{22}$/);
-  const msg = await deliveredTo(rcpt);
+  const msg = await sink.waitForRecipient(rcpt);
   assert.equal(msg.sender, 'sender@example.com');
   assert.match(msg.raw.toString('latin1'), /^Received: from [^\r\n]*\[127\.0\.0\.1\]/);
   assert.match(msg.raw.toString('latin1'), /with ESMTP id /, 'unauthenticated, cleartext: plain ESMTP');
@@ -262,7 +253,7 @@ test('relay role: a client in the allowed network sends without AUTH (swaks)', a
   const r = await swaks(['--port', String(relay.port('relay')), '--from', 'sender@example.com', '--to', rcpt, '--h-Subject', 'swaks trusted']);
   assert.equal(r.exitCode, 0, r.output);
   assert.match(r.output, /<- {2}250 2\.0\.0 Ok: queued as [0-9A-Z]{22}/);
-  const msg = await deliveredTo(rcpt);
+  const msg = await sink.waitForRecipient(rcpt);
   assert.match(msg.raw.toString('latin1'), /\r\nSubject: swaks trusted\r\n/);
 });
 
@@ -299,7 +290,7 @@ test('relay role: the same outside client relays once authenticated (nodemailer)
   const rcpt = uniqueRecipient('outsider-auth-nodemailer');
   const info = await send('relay', rcpt, { localAddress: '127.0.0.2', auth: { user: USER, pass: PASSWORD } });
   assert.match(info.response, /^250 2\.0\.0 Ok: queued as /);
-  const msg = await deliveredTo(rcpt);
+  const msg = await sink.waitForRecipient(rcpt);
   assert.match(msg.raw.toString('latin1'), /\[127\.0\.0\.2\]\)[^]*with ESMTPA id /);
   const received = await relay.waitForLog((l) => l.event === 'received' && Array.isArray(l.recipients) && (l.recipients as string[]).includes(rcpt));
   assert.equal(received.user, USER);
@@ -316,7 +307,7 @@ test('relay role: the same outside client relays once authenticated (swaks)', as
   ]);
   assert.equal(r.exitCode, 0, r.output);
   assert.match(r.output, /<- {2}235 /);
-  await deliveredTo(rcpt);
+  await sink.waitForRecipient(rcpt);
 });
 
 // ---------------------------------------------------------------------------------------------------------
@@ -352,7 +343,7 @@ for (const listener of ['relay', 'submission']) {
       const rcpt = uniqueRecipient(`${listener}-${method.toLowerCase()}`);
       const info = await send(listener, rcpt, { localAddress: '127.0.0.2', auth: { user: USER, pass: PASSWORD }, authMethod: method });
       assert.match(info.response, /^250 2\.0\.0 /);
-      const msg = await deliveredTo(rcpt);
+      const msg = await sink.waitForRecipient(rcpt);
       assert.match(msg.raw.toString('latin1'), /with ESMTPA id /);
     });
   }
@@ -394,7 +385,7 @@ test('after maxAuthFailures failures from one address AUTH gets 421 4.7.0 there,
   assert.deepEqual(smtpReplyCodes(other), [220, 250, 235, 250, 221]);
   const rcpt = uniqueRecipient('after-lockout');
   await send('submission', rcpt, { localAddress: '127.0.0.3', auth: { user: USER, pass: PASSWORD } });
-  await deliveredTo(rcpt);
+  await sink.waitForRecipient(rcpt);
 });
 
 test('parallel AUTH attempts from one address cannot outrun maxAuthFailures', async () => {
@@ -446,7 +437,7 @@ test('STARTTLS listener: nodemailer with requireTLS authenticates and sends', as
     auth: { user: USER, pass: PASSWORD },
   });
   assert.match(info.response, /^250 2\.0\.0 /);
-  const raw = (await deliveredTo(rcpt)).raw.toString('latin1');
+  const raw = (await sink.waitForRecipient(rcpt)).raw.toString('latin1');
   assert.match(raw, /\(using TLSv1\.[23] [A-Z0-9_-]+\)/);
   assert.match(raw, /with ESMTPSA id /);
 });
@@ -460,14 +451,14 @@ test('STARTTLS listener: swaks with --tls authenticates and sends', async (t) =>
     '--from', 'sender@example.com', '--to', rcpt,
   ]);
   assert.equal(r.exitCode, 0, r.output);
-  await deliveredTo(rcpt);
+  await sink.waitForRecipient(rcpt);
 });
 
 test('implicit TLS listener: nodemailer with secure: true authenticates and sends', async () => {
   const rcpt = uniqueRecipient('smtps');
   const info = await send('smtps', rcpt, { secure: true, tls: { rejectUnauthorized: false }, auth: { user: USER, pass: PASSWORD } });
   assert.match(info.response, /^250 2\.0\.0 /);
-  const raw = (await deliveredTo(rcpt)).raw.toString('latin1');
+  const raw = (await sink.waitForRecipient(rcpt)).raw.toString('latin1');
   assert.match(raw, /with ESMTPSA id /);
   // A cleartext client on the implicit TLS port never sees a greeting: its EHLO fails the handshake.
   const cleartext = await writeUntilClosed(relay.port('smtps'), 'EHLO client.test\r\n');
@@ -482,7 +473,7 @@ test('minVersion TLSv1.3: a client limited to TLS 1.2 cannot connect, a TLS 1.3 
 
   const accepted = uniqueRecipient('tls13');
   await send('tls13', accepted, { ignoreTLS: false, requireTLS: true, tls: { rejectUnauthorized: false } });
-  const raw = (await deliveredTo(accepted)).raw.toString('latin1');
+  const raw = (await sink.waitForRecipient(accepted)).raw.toString('latin1');
   assert.match(raw, /\(using TLSv1\.3 /);
   assert.ok(!sink.deliveredRecipients().includes(refused), 'nothing was relayed for the TLS 1.2 client');
 });
