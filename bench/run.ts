@@ -299,7 +299,7 @@ async function runRestartScenario(id: string, s: RestartScenario, ctx: Context):
     }
     const stoppedAt = now();
     notes.push(...filled.errors);
-    const onDisk = (await readdir(join(dir, 'spool', 'queue'))).filter((f) => f.endsWith('.json')).length;
+    const onDisk = (await readdir(join(dir, 'spool', 'queue'))).filter((f) => f.endsWith('.msg')).length;
     if (onDisk !== filled.acknowledged) notes.push(`${filled.acknowledged} acknowledged but ${onDisk} in the queue after SIGTERM`);
     const waitMs = stoppedAt + FILL_RETRY_SECONDS * 1000 + 500 - now();
     console.error(`bench: (${id}) ${onDisk} queued; waiting ${Math.ceil(waitMs / 1000)} s until all are due, then restarting ...`);
@@ -326,7 +326,7 @@ async function runRestartScenario(id: string, s: RestartScenario, ctx: Context):
       await restarted.stop();
     }
     // After the stop, so deliveries whose files were being removed as the sink counted them have finished.
-    const left = (await readdir(join(dir, 'spool', 'queue'))).filter((f) => f.endsWith('.json')).length;
+    const left = (await readdir(join(dir, 'spool', 'queue'))).filter((f) => f.endsWith('.msg')).length;
     if (left > 0) notes.push(`${left} message(s) still queued after the drain and stop`);
   } catch (err) {
     notes.push((err as Error).message);

@@ -180,6 +180,7 @@ export class Daemon {
     for (const c of recovered.corrupt) {
       log.error({ event: 'spool.corrupt', queueId: c.id, reason: c.reason, movedTo: c.movedTo }, c.movedTo ? 'damaged queue file moved aside' : 'damaged queue file left in place');
     }
+    if (recovered.removed.length > 0) log.info({ event: 'spool.cleaned', files: recovered.removed.length }, 'removed files of messages never acknowledged');
     log.info({ event: 'spool.recovered', messages: recovered.loaded }, 'queue loaded');
     for (const l of listeners) {
       log.info({ event: 'listening', listener: l.config.name, role: l.config.role, host: l.config.host, port: l.port }, 'listening');

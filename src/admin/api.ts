@@ -56,7 +56,7 @@ export function adminRoutes(daemon: Daemon): ApiRoutes {
     'GET /api/queue/:id': async ({ params }) => {
       const record = s.get(params[0]!);
       if (!record) throw new ApiError(404, `no message ${params[0]} in the queue`);
-      const headers = await daemon.spool.readHeaderBlock(record.id, 64 * 1024).catch(() => Buffer.from('(the message file cannot be read)'));
+      const headers = await daemon.spool.readHeaderBlock(record, 64 * 1024).catch(() => Buffer.from('(the message file cannot be read)'));
       return queueDetail(record, s.inFlight(record.id), headers);
     },
 

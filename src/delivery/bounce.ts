@@ -44,7 +44,7 @@ export class Bouncer {
       queueId: record.id,
       arrivalDate: new Date(record.receivedAt),
       originalSender: record.sender,
-      originalHeaders: await this.o.spool.readHeaderBlock(record.id),
+      originalHeaders: await this.o.spool.readHeaderBlock(record),
       now: new Date(now),
       failed: failed.map((r) => ({
         recipient: r.address,

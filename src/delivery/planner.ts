@@ -54,7 +54,7 @@ export function createPlanner(config: Pick<Config, 'routing' | 'users' | 'listen
         recipients: testMode ? [testMode.to] : recipients,
         size: message.size,
         openMessage: () => {
-          const body = spool.openBody(message.id);
+          const body = spool.openBody(message);
           if (untouched) return body;
           const rewritten = new HeaderRewriteStream(edits);
           return pipeline(body, rewritten, () => {});

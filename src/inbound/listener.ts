@@ -345,7 +345,6 @@ export class Listener {
     });
     this.deps.spool
       .store(message as Readable, record, (r) => {
-        r.size = message.bytesOut;
         if (message.messageId) r.messageId = message.messageId;
         const from = headerFromAddresses(message.headerBlock);
         if (from.length > 0) r.headerFrom = from;

@@ -223,7 +223,7 @@ test('certificate verification is on by default and refuses a self-signed upstre
   // A second attempt fails the same way: the refusal is not a one-off.
   await relay.waitForLog((l) => isDelivery(queueId, 'ok@dest.test', 'deferred')(l) && l.attempt === 2);
   assert.equal(sink.messages.length, 0, 'nothing reached the untrusted server');
-  assert.ok((await readdir(queueDir)).includes(`${queueId}.json`), 'the message stays queued');
+  assert.ok((await readdir(queueDir)).includes(`${queueId}.msg`), 'the message stays queued');
 });
 
 test('an upstream that refuses connections defers with a 4.4.1 reply and is retried', async (t) => {
@@ -242,7 +242,7 @@ test('an upstream that refuses connections defers with a 4.4.1 reply and is retr
   assert.match(String(second.reply), /^4\d\d 4\.4\.1 /);
   assert.ok(Date.parse(String(second.time)) >= firstNext, 'the retry waited for its due time');
   await relay.waitForLog((l) => isDelivery(queueId, 'other@dest.test', 'deferred')(l) && l.attempt === 2);
-  assert.deepEqual((await readdir(queueDir)).sort(), [`${queueId}.eml`, `${queueId}.json`]);
+  assert.deepEqual((await readdir(queueDir)).sort(), [`${queueId}.json`, `${queueId}.msg`], 'the message file and, once deferred, its state file');
   const record = await relay.daemon.spool.readRecord(queueId);
   assert.deepEqual(
     record.recipients.map((r) => [r.status, r.lastReply?.enhanced]),

@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn as spawnProcess } from 'node:child_process';
-import { mkdir, readdir, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
@@ -19,6 +19,7 @@ import { stringify } from 'yaml';
 import { CLI, spawnDaemon, startInProcess, tempDir, testConfig, type ChildDaemon } from '../helpers/daemon.js';
 import { freePort } from '../helpers/net.js';
 import { startSink, type Sink, type SinkBehaviour } from '../helpers/sink.js';
+import { writeQueuedMessage } from '../helpers/spool.js';
 
 type Log = Record<string, unknown>;
 
@@ -199,17 +200,21 @@ test('start-up recovery removes leftovers, moves a damaged record to corrupt/ an
     createRecord({ id, sender: 'app@origin.test', recipients: ['user@dest.test'], receivedAt: Date.now(), client: { address: '127.0.0.1', listener: 'relay', tls: false } });
 
   const leftoverId = newQueueId();
-  await writeFile(join(incoming, `${leftoverId}.eml`), 'half a message');
+  await writeFile(join(incoming, `${leftoverId}.json.update`), 'half a state file');
+  // A removal cut short between its two unlinks.
   const orphanId = newQueueId();
-  await writeFile(join(queue, `${orphanId}.eml`), body(orphanId));
+  await writeFile(join(queue, `${orphanId}.json`), serializeRecord(record(orphanId)));
+  // DATA cut short by a crash: never acknowledged.
+  const unfinishedId = newQueueId();
+  await writeQueuedMessage(queue, record(unfinishedId), body(unfinishedId), { complete: false });
   const brokenId = newQueueId();
-  const tampered = serializeRecord(record(brokenId)).toString().replace('"sender":"app@origin.test"', '"sender":"evil@origin.test"');
-  assert.ok(tampered.includes('evil@origin.test'), 'the record was altered after its checksum');
-  await writeFile(join(queue, `${brokenId}.json`), tampered);
-  await writeFile(join(queue, `${brokenId}.eml`), body(brokenId));
+  const brokenPath = await writeQueuedMessage(queue, record(brokenId), body(brokenId));
+  const broken = await readFile(brokenPath, 'latin1');
+  const tampered = broken.replace('"sender":"app@origin.test"', '"sender":"bad@origin.test"');
+  assert.ok(tampered !== broken, 'the envelope was altered after its checksum');
+  await writeFile(brokenPath, tampered, 'latin1');
   const goodId = newQueueId();
-  await writeFile(join(queue, `${goodId}.eml`), body(goodId));
-  await writeFile(join(queue, `${goodId}.json`), serializeRecord(record(goodId)));
+  await writeQueuedMessage(queue, record(goodId), body(goodId));
   await writeFile(join(queue, 'notes.txt'), 'not a queue file');
 
   const relay = await startInProcess(await testConfig({ dir: dir.path }));
@@ -219,10 +224,10 @@ test('start-up recovery removes leftovers, moves a damaged record to corrupt/ an
   assert.equal(corrupt.queueId, brokenId);
   assert.match(String(corrupt.reason), /checksum/);
   assert.equal(relay.logs().filter((l) => l.event === 'spool.corrupt').length, 1, 'only the damaged record is reported');
-  assert.deepEqual((await readdir(join(spool, 'corrupt'))).sort(), [`${brokenId}.eml`, `${brokenId}.json`]);
+  assert.deepEqual(await readdir(join(spool, 'corrupt')), [`${brokenId}.msg`]);
   assert.deepEqual(await readdir(incoming), [], 'incoming/ is emptied');
-  const cleaned = relay.logs().find((l) => l.event === 'spool.cleaned');
-  assert.equal(cleaned?.files, 2, 'the leftover and the orphan body');
+  const cleaned = relay.logs().filter((l) => l.event === 'spool.cleaned').map((l) => l.files);
+  assert.deepEqual(cleaned, [2, 1], 'the leftover and the orphan state file when listed, the unfinished message when read');
   assert.equal(relay.logs().find((l) => l.event === 'spool.recovered')?.messages, 1);
 
   // The intact record is delivered; the damaged one never is.
@@ -279,7 +284,7 @@ test('SIGTERM with a delivery stuck at a silent upstream exits after shutdownTim
   const stopped = childLogs(child).find((l) => l.event === 'stopped');
   assert.equal(stopped?.deliveriesCutShort, true);
   assert.equal(stopped?.queued, 1);
-  assert.deepEqual((await readdir(join(dir.path, 'spool', 'queue'))).sort(), [`${queueId}.eml`, `${queueId}.json`]);
+  assert.deepEqual((await readdir(join(dir.path, 'spool', 'queue'))).sort(), [`${queueId}.json`, `${queueId}.msg`], 'the message and the state of its cut-short attempt');
 });
 
 test('a start that fails to bind a listener exits at once with status 1 and delivers nothing from the recovered queue', async (t) => {
@@ -290,8 +295,7 @@ test('a start that fails to bind a listener exits at once with status 1 and deli
   await mkdir(queue, { recursive: true });
   const id = newQueueId();
   const record = createRecord({ id, sender: 'app@origin.test', recipients: ['user@dest.test'], receivedAt: Date.now(), client: { address: '127.0.0.1', listener: 'relay', tls: false } });
-  await writeFile(join(queue, `${id}.eml`), rawMessage('<queued-1@origin.test>'));
-  await writeFile(join(queue, `${id}.json`), serializeRecord(record));
+  await writeQueuedMessage(queue, record, rawMessage('<queued-1@origin.test>'));
 
   const config = await testConfig({ dir: dir.path, upstreams: smtpUpstream(sink.port) });
   const taken = net.createServer();
@@ -311,7 +315,7 @@ test('a start that fails to bind a listener exits at once with status 1 and deli
   assert.deepEqual(exit, { code: 1, signal: null });
   assert.match(stderr, /listener relay: cannot listen on 127\.0\.0\.1:\d+: .*EADDRINUSE/);
   assert.equal(sink.messages.length, 0, 'a failed start delivers nothing');
-  assert.deepEqual((await readdir(queue)).sort(), [`${id}.eml`, `${id}.json`], 'the message stays queued for the next start');
+  assert.deepEqual(await readdir(queue), [`${id}.msg`], 'the message stays queued for the next start');
 });
 
 test('in process: a failed start hands no recovered message to delivery; the next good start delivers it once', async (t) => {
@@ -322,8 +326,7 @@ test('in process: a failed start hands no recovered message to delivery; the nex
   await mkdir(queue, { recursive: true });
   const id = newQueueId();
   const record = createRecord({ id, sender: 'app@origin.test', recipients: ['user@dest.test'], receivedAt: Date.now(), client: { address: '127.0.0.1', listener: 'relay', tls: false } });
-  await writeFile(join(queue, `${id}.eml`), rawMessage('<queued-2@origin.test>'));
-  await writeFile(join(queue, `${id}.json`), serializeRecord(record));
+  await writeQueuedMessage(queue, record, rawMessage('<queued-2@origin.test>'));
 
   const config = await testConfig({ dir: dir.path, upstreams: smtpUpstream(sink.port) });
   const taken = net.createServer();
@@ -353,8 +356,7 @@ test('SIGTERM during start-up, while a large queue is being recovered, still end
       Array.from({ length: 100 }, async () => {
         const id = newQueueId();
         const record = createRecord({ id, sender: 'app@origin.test', recipients: ['user@dest.test'], receivedAt: later, client: { address: '127.0.0.1', listener: 'relay', tls: false } });
-        await writeFile(join(queue, `${id}.eml`), rawMessage(`<bulk-${i}@origin.test>`));
-        await writeFile(join(queue, `${id}.json`), serializeRecord(record));
+        await writeQueuedMessage(queue, record, rawMessage(`<bulk-${i}@origin.test>`));
       }),
     );
   }
@@ -375,5 +377,5 @@ test('SIGTERM during start-up, while a large queue is being recovered, still end
   const events = stdout.split('\n').flatMap((l) => (l ? [(JSON.parse(l) as Log).event] : []));
   assert.ok(events.indexOf('signal') >= 0 && events.indexOf('signal') < events.indexOf('spool.recovered'), `signal arrived during recovery: ${events.join(',')}`);
   assert.deepEqual(events.slice(-2), ['stopping', 'stopped']);
-  assert.equal((await readdir(queue)).length, 2 * COUNT, 'the queue is untouched');
+  assert.equal((await readdir(queue)).length, COUNT, 'the queue is untouched');
 });

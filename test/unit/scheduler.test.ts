@@ -174,6 +174,8 @@ interface HarnessOptions {
   maxConcurrency?: number;
   upstreamConcurrency?: number;
   dir?: string;
+  /** The spool that recovered the queue in dir, as the daemon hands its scheduler what its spool loaded. */
+  spool?: Spool;
   start?: number;
   /** The first DSN cannot be queued (e.g. the disk is full). */
   failFirstDsn?: boolean;
@@ -197,7 +199,7 @@ class FlakyBouncer extends Bouncer {
 async function harness(t: TestContext, o: HarnessOptions = {}): Promise<Harness> {
   const dir = o.dir ?? (await mkdtemp(join(tmpdir(), 'smarthost-scheduler-')));
   if (!o.dir) t.after(() => rm(dir, { recursive: true, force: true }));
-  const spool = await Spool.open(dir);
+  const spool = o.spool ?? (await Spool.open(dir));
   const clock = new ManualClock(o.start ?? T0);
   const upstream = new ScriptedUpstream(clock);
   const backup = new ScriptedUpstream(clock);
@@ -533,7 +535,8 @@ test('recovery: a deferred record read back by a new Spool keeps attempts and ne
   await first.scheduler.stop(0);
 
   // A restart one minute later: a new spool over the same directory, a new scheduler and clock.
-  const { records, removed, corrupt } = await (await Spool.open(first.dir)).recover();
+  const restarted = await Spool.open(first.dir);
+  const { records, removed, corrupt } = await restarted.recover();
   assert.deepEqual(removed, []);
   assert.deepEqual(corrupt, []);
   assert.equal(records.length, 1);
@@ -547,7 +550,7 @@ test('recovery: a deferred record read back by a new Spool keeps attempts and ne
     ],
   );
 
-  const second = await harness(t, { dir: first.dir, start: T0 + MINUTE });
+  const second = await harness(t, { dir: first.dir, spool: restarted, start: T0 + MINUTE });
   second.scheduler.add(recovered);
   await second.advance(3 * MINUTE + 59 * SECOND);
   assert.equal(second.upstream.calls.length, 0, 'nothing before nextAttemptAt');

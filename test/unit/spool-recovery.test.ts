@@ -1,12 +1,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { readdir, rm, writeFile } from 'node:fs/promises';
+import { chmod, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { SmtpError } from '../../src/smtp-error.js';
 import { newQueueId } from '../../src/spool/queue-id.js';
 import { createRecord, serializeRecord, type MessageRecord } from '../../src/spool/record.js';
+import { encodeTrailer } from '../../src/spool/message-file.js';
 import { Spool } from '../../src/spool/spool.js';
 import { tempDir } from '../helpers/daemon.js';
 
@@ -39,7 +40,7 @@ test('recovery in two steps: load hands over every listed message once, and none
   const result = await spool.load(listing, (r) => handed.push(r.id));
   assert.deepEqual(handed.sort(), before.map((r) => r.id).sort());
   assert.ok(!handed.includes(after.id), 'the message stored after the scan is not loaded a second time');
-  assert.deepEqual(result, { loaded: 3, corrupt: [] });
+  assert.deepEqual(result, { loaded: 3, removed: [], corrupt: [] });
 });
 
 test('load moves a damaged envelope aside and still hands over the intact ones', async (t) => {
@@ -59,7 +60,7 @@ test('load moves a damaged envelope aside and still hands over the intact ones',
   assert.equal(corrupt[0]!.id, broken.id);
   assert.match(corrupt[0]!.reason, /checksum/);
   assert.equal(corrupt[0]!.movedTo, spool.corruptDir);
-  assert.deepEqual((await readdir(spool.corruptDir)).sort(), [`${broken.id}.eml`, `${broken.id}.json`]);
+  assert.deepEqual((await readdir(spool.corruptDir)).sort(), [`${broken.id}.json`, `${broken.id}.msg`]);
 });
 
 test('a damaged envelope that cannot be moved aside is reported and left in place; load still succeeds', async (t) => {
@@ -99,25 +100,94 @@ test('a store that fails after body bytes reached the disk leaves nothing in que
   assert.deepEqual(await readdir(spool.queueDir), []);
   assert.deepEqual(await readdir(spool.incomingDir), []);
   const stored = await storeMessage(spool);
-  assert.deepEqual((await readdir(spool.queueDir)).sort(), [`${stored.id}.eml`, `${stored.id}.json`]);
+  assert.deepEqual(await readdir(spool.queueDir), [`${stored.id}.msg`], 'one file per message');
   assert.deepEqual(await readdir(spool.incomingDir), []);
 });
 
-test('scan removes leftovers in incoming/ and bodies without an envelope, and lists only queue IDs', async (t) => {
+test('scan removes leftovers in incoming/, state files without their message and old bodies without an envelope, and lists only queue IDs', async (t) => {
   const dir = await tempDir();
   t.after(() => dir.remove());
   const spool = await Spool.open(dir.path);
   const kept = await storeMessage(spool);
-  const orphan = newQueueId();
-  await writeFile(join(spool.queueDir, `${orphan}.eml`), 'body without envelope');
-  await writeFile(join(spool.incomingDir, `${newQueueId()}.eml`), 'half a message');
+  const orphanState = newQueueId();
+  await writeFile(join(spool.queueDir, `${orphanState}.json`), serializeRecord(record(orphanState)));
+  const oldOrphan = newQueueId();
+  await writeFile(join(spool.queueDir, `${oldOrphan}.eml`), 'body without envelope (two-file layout)');
+  await writeFile(join(spool.incomingDir, `${newQueueId()}.json.update`), 'half a state file');
   await writeFile(join(spool.queueDir, 'notes.txt'), 'not a queue file');
 
   const listing = await spool.scan();
   assert.deepEqual(listing.ids, [kept.id]);
-  assert.equal(listing.removed.length, 2);
+  assert.equal(listing.removed.length, 3);
   assert.deepEqual(await readdir(spool.incomingDir), []);
-  assert.ok(!(await readdir(spool.queueDir)).includes(`${orphan}.eml`));
+  assert.deepEqual((await readdir(spool.queueDir)).sort(), [`${kept.id}.msg`, 'notes.txt']);
+});
+
+test('a message file never completed is removed when loaded, even one whose last bytes look like an envelope', async (t) => {
+  const dir = await tempDir();
+  t.after(() => dir.remove());
+  const spool = await Spool.open(dir.path);
+  // A client can send bytes shaped like a spool envelope; a crash right after a write batch leaves them last.
+  const id = newQueueId();
+  const prefix = Buffer.from('Subject: innocent\r\n\r\n');
+  const forged = { ...record(id), recipients: record(id).recipients.map((r) => ({ ...r, address: 'victim@elsewhere.test' })), size: prefix.length };
+  const cut = Buffer.concat([prefix, encodeTrailer(forged)]);
+  await writeFile(spool.messagePath(id), cut, { mode: 0o600 });
+
+  const handed: MessageRecord[] = [];
+  const result = await spool.load(await spool.scan(), (r) => handed.push(r));
+  assert.deepEqual(handed, []);
+  assert.deepEqual(result, { loaded: 0, removed: [`${id}.msg`], corrupt: [] });
+  assert.deepEqual(await readdir(spool.queueDir), []);
+
+  // The same bytes marked complete would be taken at their word: the mark is what tells them apart.
+  await writeFile(spool.messagePath(id), cut);
+  await chmod(spool.messagePath(id), 0o700);
+  const taken: MessageRecord[] = [];
+  await spool.load(await spool.scan(), (r) => taken.push(r));
+  assert.deepEqual(taken.map((r) => r.recipients[0]!.address), ['victim@elsewhere.test']);
+});
+
+test('a state file wins over the envelope the message arrived with; remove deletes both; the body excludes the envelope', async (t) => {
+  const dir = await tempDir();
+  t.after(() => dir.remove());
+  const spool = await Spool.open(dir.path);
+  const body = 'Subject: no blank line, no body';
+  const stored = await storeMessage(spool, body);
+  assert.equal(stored.size, body.length);
+  const deferred: MessageRecord = {
+    ...stored,
+    recipients: stored.recipients.map((r) => ({ ...r, attempts: 1, nextAttemptAt: stored.receivedAt + 300_000, lastReply: { code: 451, enhanced: '4.3.0', text: 'later' } })),
+  };
+  await spool.update(deferred);
+  assert.deepEqual((await readdir(spool.queueDir)).sort(), [`${stored.id}.json`, `${stored.id}.msg`]);
+
+  // As after a restart: a new Spool on the same directory.
+  const again = await Spool.open(dir.path);
+  const { records } = await again.recover();
+  assert.deepEqual(records, [deferred]);
+  assert.deepEqual(await again.readRecord(stored.id), deferred);
+  assert.equal((await readAll(again.openBody(deferred))).toString(), body);
+  assert.equal((await again.readHeaderBlock(deferred)).toString(), body, 'a header block without a blank line ends with the message, not in the envelope');
+
+  await again.remove(stored.id);
+  assert.deepEqual(await readdir(spool.queueDir), []);
+});
+
+test('a queue in the two-file layout (<id>.eml body, <id>.json envelope) is taken over as it is', async (t) => {
+  const dir = await tempDir();
+  t.after(() => dir.remove());
+  const spool = await Spool.open(dir.path);
+  const body = Buffer.from('Subject: queued before the upgrade\r\n\r\nbody\r\n');
+  const old = { ...record(newQueueId()), size: body.length };
+  await writeFile(join(spool.queueDir, `${old.id}.eml`), body);
+  await writeFile(join(spool.queueDir, `${old.id}.json`), serializeRecord(old));
+
+  const { records, removed, corrupt } = await spool.recover();
+  assert.deepEqual({ records, removed, corrupt }, { records: [old], removed: [], corrupt: [] });
+  assert.ok((await readAll(spool.openBody(old))).equals(body));
+  await spool.remove(old.id);
+  assert.deepEqual(await readdir(spool.queueDir), []);
 });
 
 test('a large body (buffers reclaimed while it streams) is stored and read back byte for byte, whole and in ranges', async (t) => {
@@ -129,8 +199,8 @@ test('a large body (buffers reclaimed while it streams) is stored and read back 
   const body = Buffer.concat(chunks);
   const stored = await spool.store(Readable.from(chunks), record(newQueueId()));
 
-  assert.ok((await readAll(spool.openBody(stored.id))).equals(body), 'whole body');
+  assert.ok((await readAll(spool.openBody(stored))).equals(body), 'whole body');
   const start = 5 * 1024 * 1024 + 17;
   const end = 9 * 1024 * 1024 + 3;
-  assert.ok((await readAll(spool.openBody(stored.id, { start, end }))).equals(body.subarray(start, end + 1)), 'range (end inclusive)');
+  assert.ok((await readAll(spool.openBody(stored, { start, end }))).equals(body.subarray(start, end + 1)), 'range (end inclusive)');
 });
