@@ -271,6 +271,7 @@ export class Daemon {
     const finished = await this.scheduler.stop(Math.max(0, deadline - Date.now()));
     await Promise.all([...this.upstreams.values()].map((u) => u.upstream.close()));
     await this.suppression.close();
+    await this.spool.close();
     await this.rateCounter?.close().catch((err: unknown) => this.log.warn({ event: 'state.error', err }, 'could not close the rate-limit counter'));
     await this.sharedState?.close();
     this.log.info({ event: 'stopped', queued: this.scheduler.size, deliveriesCutShort: !finished }, 'stopped');

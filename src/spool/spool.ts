@@ -63,6 +63,11 @@ export class Spool {
     return spool;
   }
 
+  /** Lets go of the queue directory, held open for its syncs. */
+  async close(): Promise<void> {
+    await this.#queueSync.close();
+  }
+
   messagePath(id: string): string {
     return join(this.queueDir, `${id}.msg`);
   }
@@ -87,9 +92,9 @@ export class Spool {
    *
    * The client waits for its 250 through every step after the final dot, and each step is a trip through
    * libuv's threadpool (4 threads, often all in fsync) and back through a busy event loop. After the dot: the
-   * body's last bytes with the envelope, and the complete mark, then the fsync; beside them the directory's
-   * fsync (shared by concurrent messages) that makes the file's name durable: 2 trips, 3 before this layout
-   * and 8 before that.
+   * body's last bytes with the envelope, and the complete mark, then the fsync: 2 trips (3 before this layout,
+   * 8 before that). The directory's fsync that makes the file's name durable (shared by concurrent messages)
+   * starts when the file is created and has mostly finished by then.
    */
   async store(source: Readable, record: MessageRecord, finish?: (record: MessageRecord) => void): Promise<MessageRecord> {
     const path = this.messagePath(record.id);
@@ -100,21 +105,22 @@ export class Spool {
     try {
       fd = await openFd(path, 'wx', WRITING_MODE);
       const file = fd;
+      // The file's name is in the directory from here on, so the directory's sync can run while the body arrives.
+      const named = this.#queueSync.sync();
+      named.catch(ignore);
       const rest = await writeStream(source, file);
       finish?.(record);
       record.size = rest.written;
       const trailer = encodeTrailer(record);
-      // allSettled, here and below: no call may still be running when a failure's cleanup removes the file.
+      // allSettled: no call may still be running when a failure's cleanup removes the file.
       const durable = await Promise.allSettled([
-        Promise.all([writeAll(file, [...rest.chunks, trailer], rest.length + trailer.length), fchmodFd(file, COMPLETE_MODE)])
-          .then(() => fsyncFd(file))
-          .finally(() => {
-            fd = undefined;
-            return closeFd(file);
-          }),
-        this.#queueSync.sync(),
+        Promise.all([writeAll(file, [...rest.chunks, trailer], rest.length + trailer.length), fchmodFd(file, COMPLETE_MODE)]).then(() => fsyncFd(file)),
+        named,
       ]);
       for (const d of durable) if (d.status === 'rejected') throw d.reason;
+      // Not waited for: after the fsync a close can lose nothing.
+      fd = undefined;
+      closeFd(file).catch(ignore);
       return record;
     } catch (err) {
       source.destroy();
