@@ -136,15 +136,19 @@ export interface ChildDaemon {
   waitForOutput(pattern: RegExp, timeoutMs?: number): Promise<void>;
 }
 
-/** Runs the built CLI; resolves once every configured listener logged "listening". */
-export async function spawnDaemon(config: Record<string, unknown>, dir: string, args: string[] = []): Promise<ChildDaemon> {
-  return withPortRetry(config, () => spawnDaemonOnce(config, dir, args));
+/**
+ * Runs the built CLI; resolves once every configured listener logged "listening". `runUnder` is a command
+ * the daemon runs under (strace and its options).
+ */
+export async function spawnDaemon(config: Record<string, unknown>, dir: string, args: string[] = [], runUnder: string[] = []): Promise<ChildDaemon> {
+  return withPortRetry(config, () => spawnDaemonOnce(config, dir, args, runUnder));
 }
 
-async function spawnDaemonOnce(config: Record<string, unknown>, dir: string, args: string[]): Promise<ChildDaemon> {
+async function spawnDaemonOnce(config: Record<string, unknown>, dir: string, args: string[], runUnder: string[]): Promise<ChildDaemon> {
   const configFile = join(dir, `config-${Date.now()}.yaml`);
   await writeFile(configFile, stringify(config));
-  const proc = spawn(process.execPath, [CLI, 'start', '--config', configFile, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const [command, ...commandArgs] = [...runUnder, process.execPath, CLI, 'start', '--config', configFile, ...args] as [string, ...string[]];
+  const proc = spawn(command, commandArgs, { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   const listeners = new Set<() => void>();
