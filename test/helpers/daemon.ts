@@ -58,7 +58,9 @@ export async function testConfig(o: TestConfigOptions): Promise<Record<string, u
 
 export async function tempDir(prefix = 'smarthost-test-'): Promise<{ path: string; remove(): Promise<void> }> {
   const path = await mkdtemp(join(tmpdir(), prefix));
-  return { path, remove: () => rm(path, { recursive: true, force: true }) };
+  // node:test runs after() hooks in the order they were added, so a daemon set up after its directory is often
+  // still running (writing a state file into its queue) while the directory is removed: rm retries ENOTEMPTY.
+  return { path, remove: () => rm(path, { recursive: true, force: true, maxRetries: 5, retryDelay: 20 }) };
 }
 
 export interface InProcessDaemon {
