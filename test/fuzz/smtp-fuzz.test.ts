@@ -4,7 +4,7 @@
  * disconnects at every stage) against the built daemon in a child process, whose upstream is a sink.
  *
  * After every case: the process is still running and each listener answers a fresh EHLO; every
- * "250 2.0.0 Ok: queued as ID" a client saw names a message that is in spool/queue (.json and .eml),
+ * "250 2.0.0 Ok: queued as ID" a client saw names a message that is in spool/queue (a complete .msg),
  * reached the sink (the ID in our Received header) or was bounced (logged); every session got every reply
  * it was owed (smtp-client.ts models the server's parser; a session waits at most SESSION_BOUND_MS). After
  * the run: the daemon's resident memory stayed bounded, and it stops cleanly on SIGTERM.
@@ -15,10 +15,11 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes, scryptSync } from 'node:crypto';
-import { access, readdir, readFile } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import fc from 'fast-check';
+import { readMessageFile } from '../../src/spool/message-file.js';
 import { spawnDaemon, tempDir, testConfig, type ChildDaemon } from '../helpers/daemon.js';
 import { freePort, smtpDialog, smtpReplyCodes } from '../helpers/net.js';
 import { startSink, type Sink } from '../helpers/sink.js';
@@ -143,16 +144,23 @@ function loggedAsBounced(id: string): boolean {
   return bounced.has(id);
 }
 
-const exists = (file: string) => access(file).then(() => true, () => false);
+/** "complete", "incomplete" or "missing": the message file as start-up would judge it. */
+async function queuedState(id: string): Promise<string> {
+  try {
+    return (await readMessageFile(join(dir.path, 'spool', 'queue', `${id}.msg`))).complete ? 'complete' : 'incomplete';
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 'missing';
+    throw err;
+  }
+}
 
 async function assertKept(id: string): Promise<void> {
   if (deliveredToSink(id)) return;
-  const queue = join(dir.path, 'spool', 'queue');
-  const [json, eml] = await Promise.all([exists(join(queue, `${id}.json`)), exists(join(queue, `${id}.eml`))]);
-  if (json && eml) return;
-  // Delivery removes the files only after the sink took the message: look there again, then in the log.
+  const state = await queuedState(id);
+  if (state === 'complete') return;
+  // Delivery removes the file only after the sink took the message: look there again, then in the log.
   if (deliveredToSink(id) || loggedAsBounced(id)) return;
-  assert.fail(`${id} was acknowledged with 250 but is neither in spool/queue (json: ${json}, eml: ${eml}), nor at the sink, nor bounced`);
+  assert.fail(`${id} was acknowledged with 250 but is neither in spool/queue (message file: ${state}), nor at the sink, nor bounced`);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -232,17 +240,20 @@ test(`SMTP protocol fuzzing against the daemon process (${RUNS} cases)`, { timeo
   assert.ok(peakRssKb < RSS_LIMIT_KB && endRssKb < RSS_LIMIT_KB, `RSS ${peakRssKb} kB peak, ${endRssKb} kB at the end, limit ${RSS_LIMIT_KB} kB`);
 });
 
-test('after the fuzz run the daemon stops cleanly on SIGTERM and every queued message has both its files', { timeout: 60_000 }, async () => {
+test('after the fuzz run the daemon stops cleanly on SIGTERM; every queued message file is complete and every state file has its message', { timeout: 60_000 }, async () => {
   await ensureDaemon();
   daemon.proc.kill('SIGTERM');
   assert.deepEqual(await daemon.exited, { code: 0, signal: null }, daemon.stderr());
   const queued = await readdir(join(dir.path, 'spool', 'queue'));
-  const id = (f: string) => f.replace(/\.(json|eml)$/, '');
-  for (const f of queued) assert.ok(queued.includes(`${id(f)}.json`) && queued.includes(`${id(f)}.eml`), `unpaired queue file ${f}`);
+  for (const f of queued) {
+    const [id, ext] = f.split('.');
+    if (ext === 'json') assert.ok(queued.includes(`${id}.msg`), `state file without its message: ${f}`);
+    else assert.equal(`${ext}:${await queuedState(id!)}`, 'msg:complete', `queue file ${f}`);
+  }
 });
 
-// Found by this fuzz test: Spool.store once removed incoming/<id>.eml while the file's open was still pending
-// (a busy thread pool), so the open created it again after the cleanup.
-test('after the fuzz run spool/incoming holds no half-written message', async () => {
+// Found by this fuzz test: Spool.store once removed a file while its open was still pending (a busy thread
+// pool), so the open created it again after the cleanup; a refused or cut-off message leaves no file.
+test('after the fuzz run spool/incoming holds no half-written file', async () => {
   assert.deepEqual(await readdir(join(dir.path, 'spool', 'incoming')), []);
 });
