@@ -324,7 +324,7 @@ async function writeAll(fd: number, chunks: Buffer[], length: number): Promise<v
 }
 
 async function writeDurably(path: string, data: Buffer): Promise<void> {
-  const fd = await openFd(path, 'w');
+  const fd = await openFd(path, 'w', WRITING_MODE);
   try {
     await writeAll(fd, [data], data.length);
     await fsyncFd(fd);
