@@ -224,8 +224,12 @@ async function runLoadScenario(id: string, s: LoadScenario, ctx: Context): Promi
   else if (!ctx.postfix.ok) notes.push(`Postfix comparison skipped: ${ctx.postfix.reason}`);
   if (!ctx.smtpSource && s.generators.includes('smtp-source')) notes.push('smtp-source not found: Node generator only');
   const results: Measurement[] = [];
-  for (const generator of generators) {
-    for (const system of compare ? (['smarthost', 'postfix'] as const) : (['smarthost'] as const)) {
+  // A B B A: each load slows the next one's file creations on some file systems (bench/README.md), so neither
+  // system always runs second.
+  const order = (i: number) => (!compare ? (['smarthost'] as const) : i % 2 === 0 ? (['smarthost', 'postfix'] as const) : (['postfix', 'smarthost'] as const));
+  if (compare && generators.length > 1) notes.push('order of the loads: smarthost, postfix, then postfix, smarthost');
+  for (const [i, generator] of generators.entries()) {
+    for (const system of order(i)) {
       console.error(`bench: (${id}) ${generator} load on ${system} ...`);
       const m = await measure(id, system, generator, spec, ctx);
       results.push(m);
