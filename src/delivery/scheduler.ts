@@ -200,7 +200,7 @@ export class DeliveryScheduler {
   }
 
   async #attempt(initial: MessageRecord): Promise<void> {
-    let { record, attempted } = await this.#attempts.run(initial);
+    let { record, attempted } = await this.#attempts.run(initial).finally(() => this.#o.spool.release(initial.id));
     // Nothing attempted and no DSN owed (e.g. one recovered from a crash before it was sent): only reschedule.
     // Returning here while a DSN is owed would leave the message due at 0 and re-attempt it forever.
     if (!attempted && record === initial && !owesDsn(record)) return this.#schedule(record);

@@ -29,6 +29,13 @@ export interface CorruptRecord {
 /** Message files read at once while the queue is loaded at start-up. */
 const RECOVERY_READS = 32;
 
+/**
+ * Descriptors of just-stored messages kept open for their first delivery attempt, at most this many: a
+ * message delivered at once then costs no open and close of its file for reading (2 of 9 threadpool trips).
+ * Past it (a queue filling while its upstream is down), files are closed after storing, as before.
+ */
+const KEEP_OPEN = 64;
+
 /** Body bytes gathered before one writev: a 4 KiB message is one write, a large one a write per 256 KiB. */
 const WRITE_BATCH = 256 * 1024;
 
@@ -49,6 +56,8 @@ export class Spool {
   readonly #queueSync: DirSync;
   /** Messages with a state file in queue/, so that removing the others costs one unlink. */
   readonly #withState = new Set<string>();
+  /** Message files still open from {@link store}, with the streams {@link openBody} made on them. */
+  readonly #open = new Map<string, { fd: number; streams: Set<Readable> }>();
 
   private constructor(readonly dir: string) {
     this.incomingDir = join(dir, 'incoming');
@@ -65,6 +74,7 @@ export class Spool {
 
   /** Lets go of the queue directory, held open for its syncs. */
   async close(): Promise<void> {
+    await Promise.all([...this.#open.keys()].map((id) => this.release(id)));
     await this.#queueSync.close();
   }
 
@@ -81,7 +91,35 @@ export class Spool {
     const end = Math.min(range.end ?? Infinity, record.size - 1);
     const start = range.start ?? 0;
     if (end < start) return Readable.from([]);
-    return createReadStream(this.messagePath(record.id), { start, end, fs: reclaimingReads() });
+    const open = this.#open.get(record.id);
+    if (!open) return createReadStream(this.messagePath(record.id), { start, end, fs: reclaimingReads() });
+    // Reads at explicit positions (pread), so streams on one descriptor never disturb each other. A stream
+    // closes its descriptor when destroyed, even with autoClose off; here it must not: release() does.
+    const stream = createReadStream('', { fd: open.fd, start, end, autoClose: false, fs: { ...reclaimingReads(), close: keepOpen } });
+    open.streams.add(stream);
+    return stream;
+  }
+
+  /**
+   * Closes the file {@link store} left open, once the attempt that reads it is over: its streams are destroyed
+   * first, and the descriptor is closed only after they say 'close' (a destroyed stream waits for a read in
+   * progress), so no read can land on the number once another file reuses it.
+   */
+  async release(id: string): Promise<void> {
+    const open = this.#open.get(id);
+    if (!open) return;
+    this.#open.delete(id);
+    await Promise.all(
+      [...open.streams].map(
+        (stream) =>
+          new Promise<void>((resolve) => {
+            if (stream.closed) return resolve();
+            stream.once('close', () => resolve());
+            stream.destroy();
+          }),
+      ),
+    );
+    await closeFd(open.fd).catch(ignore);
   }
 
   /**
@@ -103,7 +141,8 @@ export class Spool {
     // fails again while being destroyed) is the same failure, not an uncaught exception.
     source.on('error', ignore);
     try {
-      fd = await openFd(path, 'wx', WRITING_MODE);
+      // Read-write: the first delivery reads the message through this descriptor (see KEEP_OPEN).
+      fd = await openFd(path, 'wx+', WRITING_MODE);
       const file = fd;
       // The file's name is in the directory from here on, so the directory's sync can run while the body arrives.
       const named = this.#queueSync.sync();
@@ -122,9 +161,10 @@ export class Spool {
         named,
       ]);
       for (const d of durable) if (d.status === 'rejected') throw d.reason;
-      // Not waited for: after the fsync a close can lose nothing.
       fd = undefined;
-      closeFd(file).catch(ignore);
+      if (this.#open.size < KEEP_OPEN) this.#open.set(record.id, { fd: file, streams: new Set() });
+      // Not waited for: after the fsync a close can lose nothing.
+      else closeFd(file).catch(ignore);
       return record;
     } catch (err) {
       source.destroy();
@@ -146,6 +186,7 @@ export class Spool {
 
   /** Removes a finished message: the message file first, so a crash in between leaves only a state file without a message. */
   async remove(id: string): Promise<void> {
+    await this.release(id);
     await unlinkFile(this.messagePath(id)).catch(ignoreMissing);
     if (this.#withState.delete(id)) await unlinkFile(this.statePath(id)).catch(ignoreMissing);
   }
@@ -342,6 +383,10 @@ function readSmallFile(path: string): Promise<Buffer> {
 }
 
 function ignore(): void {}
+
+function keepOpen(_fd: number, callback: (err: NodeJS.ErrnoException | null) => void): void {
+  callback(null);
+}
 
 function ignoreMissing(err: NodeJS.ErrnoException): void {
   if (err.code !== 'ENOENT') throw err;
