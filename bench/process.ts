@@ -183,6 +183,36 @@ export function readCpu(pid: number): CpuTimes | undefined {
   };
 }
 
+/** The machine's CPU time so far, all CPUs together (/proc/stat), in clock ticks. */
+export interface MachineCpu {
+  total: number;
+  /** idle + iowait */
+  idle: number;
+  /** Time the hypervisor gave this VM's virtual CPUs to someone else. */
+  steal: number;
+}
+
+export function readMachineCpu(): MachineCpu | undefined {
+  let line: string | undefined;
+  try {
+    line = readFileSync('/proc/stat', 'latin1').split('\n').find((l) => l.startsWith('cpu '));
+  } catch {
+    return undefined;
+  }
+  if (!line) return undefined;
+  // cpu user nice system idle iowait irq softirq steal guest guest_nice (guest time is already in user and nice).
+  const [user, nice, system, idle, iowait, irq, softirq, steal] = line.trim().split(/\s+/).slice(1, 9).map(Number) as number[];
+  return { total: user! + nice! + system! + idle! + iowait! + irq! + softirq! + (steal ?? 0), idle: idle! + iowait!, steal: steal ?? 0 };
+}
+
+/** Shares of the machine's CPU time between two readings: busy (neither idle nor stolen) and stolen. */
+export function machineShares(from: MachineCpu | undefined, to: MachineCpu | undefined): { busy: number; steal: number } | undefined {
+  if (!from || !to || to.total <= from.total) return undefined;
+  const total = to.total - from.total;
+  const steal = (to.steal - from.steal) / total;
+  return { busy: 1 - (to.idle - from.idle) / total - steal, steal };
+}
+
 export function isRunning(pid: number): boolean {
   const cpu = readCpu(pid);
   return cpu !== undefined && cpu.state !== 'Z';

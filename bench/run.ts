@@ -17,7 +17,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import type { LoadResult } from './load.js';
 import { ensurePostfix, PostfixInstance } from './postfix.js';
-import { findProgram, freePort, installCleanup, now, onExit, runSync, spawnTracked, waitForExit, type ResourceUsage } from './process.js';
+import { findProgram, freePort, installCleanup, machineShares, now, onExit, readMachineCpu, runSync, spawnTracked, waitForExit, type ResourceUsage } from './process.js';
 import { formatProfile, summarizeProfile } from './profile.js';
 import { formatTable, mb, num, ratio, type Row } from './report.js';
 import { Sink, type SinkKind } from './sink.js';
@@ -91,6 +91,8 @@ interface Measurement {
   cpuSeconds?: number;
   peakMemBytes?: number;
   idleMemBytes?: number;
+  /** The whole machine during the load (first connection to last message at the sink). */
+  machine?: { busy: number; steal: number };
   notes: string[];
 }
 
@@ -175,6 +177,7 @@ async function measure(id: string, system: System, generator: Generator, spec: L
     await sleep(500);
     server.markIdle();
     const base = ctx.sink.count;
+    const machineBefore = readMachineCpu();
     const d = await drive(generator, server.port, spec, ctx);
     m.acknowledged = d.acknowledged;
     m.notes.push(...d.errors);
@@ -182,6 +185,7 @@ async function measure(id: string, system: System, generator: Generator, spec: L
       const lastAt = await ctx.sink.waitForCount(base + d.acknowledged, loadTimeoutMs(spec));
       m.endToEnd = d.acknowledged / ((lastAt - d.startedAt) / 1000);
       m.accept = d.acknowledged / ((d.finishedAt - d.startedAt) / 1000);
+      m.machine = machineShares(machineBefore, readMachineCpu());
     }
     if (d.latency) m.latency = d.latency;
     const usage = server.usage();
@@ -264,6 +268,8 @@ async function runLoadScenario(id: string, s: LoadScenario, ctx: Context): Promi
     row(`peak - idle ${memory}`, (m) => m.peakMemBytes && m.idleMemBytes && m.peakMemBytes - m.idleMemBytes, mb);
     row('CPU s', (m) => m.cpuSeconds, (v) => num(v, 2));
     row('CPU ms per message', (m) => m.cpuSeconds && (1000 * m.cpuSeconds) / spec.messages, (v) => num(v, 2));
+    row('machine CPU busy % (all CPUs)', (m) => m.machine && 100 * m.machine.busy, (v) => num(v, 0));
+    row('CPU stolen by the hypervisor %', (m) => m.machine && 100 * m.machine.steal, (v) => num(v, 1));
   }
   if (compare) {
     notes.unshift(
