@@ -4,6 +4,7 @@ import { randomBytes } from 'node:crypto';
 import { chmod, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
+import { buffer as readAll } from 'node:stream/consumers';
 import { SmtpError } from '../../src/smtp-error.js';
 import { newQueueId } from '../../src/spool/queue-id.js';
 import { createRecord, serializeRecord, type MessageRecord } from '../../src/spool/record.js';
@@ -17,12 +18,6 @@ function record(id: string): MessageRecord {
 
 async function storeMessage(spool: Spool, body: Buffer | string = 'Subject: hi\r\n\r\nbody\r\n'): Promise<MessageRecord> {
   return spool.store(Readable.from([Buffer.from(body)]), record(newQueueId()));
-}
-
-async function readAll(stream: Readable): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of stream) chunks.push(chunk as Buffer);
-  return Buffer.concat(chunks);
 }
 
 test('recovery in two steps: load hands over every listed message once, and none stored after the scan', async (t) => {
