@@ -4,9 +4,11 @@
  *   npm run bench -- [--scenario a|b|c|d|e]... [--all] [--scale F] [--sink smtp-sink|node]
  *                    [--generator node|smtp-source] [--no-postfix] [--cpu-prof] [--keep]
  *
- * Every load runs on a freshly started server with an empty queue (smarthost and Postfix alike), so no
- * system is measured warm against a cold one and per-load CPU and memory need no subtraction of earlier
- * loads. One sink serves the whole run; each load waits for its own messages at the sink.
+ * Every load runs on a freshly started server with an empty queue (smarthost and Postfix alike). Before the
+ * measured load, each server relays a warm-up load that is not measured, so both are compared in the steady
+ * state a relay spends its life in: Node's JIT has compiled the hot paths (cold, it spends about a third more
+ * CPU per message in (a)), Postfix has its smtpd and smtp processes running. One sink serves the whole run;
+ * each load waits for its own messages at the sink.
  */
 import { chmodSync, rmSync } from 'node:fs';
 import { mkdir, readdir, rm } from 'node:fs/promises';
@@ -35,6 +37,8 @@ interface LoadSpec {
   sessions: number;
   messages: number;
   size: number;
+  /** Messages relayed (same size and sessions, Node generator) before the measured load; none for (d). */
+  warmup: number;
 }
 
 interface LoadScenario {
@@ -56,10 +60,10 @@ interface RestartScenario {
 }
 
 const SCENARIOS: Record<string, LoadScenario | RestartScenario> = {
-  a: { kind: 'load', title: 'small messages', spec: { sessions: 20, messages: 5000, size: 4 * KiB }, minMessages: 20, compare: true, generators: ['node', 'smtp-source'] },
-  b: { kind: 'load', title: 'many concurrent sessions', spec: { sessions: 200, messages: 2000, size: 4 * KiB }, minMessages: 200, compare: true, generators: ['node', 'smtp-source'] },
-  c: { kind: 'load', title: 'large messages', spec: { sessions: 10, messages: 200, size: MiB }, minMessages: 10, compare: true, generators: ['node', 'smtp-source'] },
-  d: { kind: 'load', title: 'one very large message', spec: { sessions: 1, messages: 1, size: 100 * MiB }, minMessages: 1, scaleSize: true, compare: false, generators: ['node'] },
+  a: { kind: 'load', title: 'small messages', spec: { sessions: 20, messages: 5000, size: 4 * KiB, warmup: 2500 }, minMessages: 20, compare: true, generators: ['node', 'smtp-source'] },
+  b: { kind: 'load', title: 'many concurrent sessions', spec: { sessions: 200, messages: 2000, size: 4 * KiB, warmup: 2000 }, minMessages: 200, compare: true, generators: ['node', 'smtp-source'] },
+  c: { kind: 'load', title: 'large messages', spec: { sessions: 10, messages: 200, size: MiB, warmup: 50 }, minMessages: 10, compare: true, generators: ['node', 'smtp-source'] },
+  d: { kind: 'load', title: 'one very large message', spec: { sessions: 1, messages: 1, size: 100 * MiB, warmup: 0 }, minMessages: 1, scaleSize: true, compare: false, generators: ['node'] },
   e: { kind: 'restart', title: 'restart with a full queue', queued: 10_000 },
 };
 
@@ -160,7 +164,20 @@ async function startServer(system: System, dir: string, ctx: Context, profileNam
   return SmarthostProcess.start({ dir, upstreamPort: ctx.sink.port, ...(cpuProfile ? { cpuProfile } : {}) });
 }
 
-/** One load against one freshly started system: start, settle, drive, wait for the sink, read usage, stop. */
+/**
+ * The warm-up load: same size and sessions, always the Node generator, every message counted at the sink; then
+ * a pause for what follows a load (files being removed, connections going idle) before the idle reading.
+ */
+async function warmUp(port: number, spec: LoadSpec, ctx: Context): Promise<void> {
+  const warm = { ...spec, messages: spec.warmup, sessions: Math.min(spec.sessions, spec.warmup) };
+  const base = ctx.sink.count;
+  const d = await drive('node', port, warm, ctx);
+  if (d.errors.length > 0 || d.acknowledged !== warm.messages) throw new Error(`warm-up: ${d.acknowledged}/${warm.messages} acknowledged; ${d.errors.join('; ')}`);
+  await ctx.sink.waitForCount(base + d.acknowledged, loadTimeoutMs(warm));
+  await sleep(1000);
+}
+
+/** One load against one freshly started system: start, warm up, drive, wait for the sink, read usage, stop. */
 async function measure(id: string, system: System, generator: Generator, spec: LoadSpec, ctx: Context): Promise<Measurement> {
   const name = `${id}-${generator}-${system}`;
   const dir = join(ctx.runDir, name);
@@ -173,8 +190,9 @@ async function measure(id: string, system: System, generator: Generator, spec: L
     return m;
   }
   try {
-    // Let start-up work (module loading, first timers, Postfix's first daemons) finish before the idle reading.
+    // Let start-up work (module loading, first timers, Postfix's first daemons) finish before the warm-up.
     await sleep(500);
+    if (spec.warmup > 0) await warmUp(server.port, spec, ctx);
     server.markIdle();
     const base = ctx.sink.count;
     const machineBefore = readMachineCpu();
@@ -211,12 +229,13 @@ async function measure(id: string, system: System, generator: Generator, spec: L
 function scaled(s: LoadScenario, scale: number): LoadSpec {
   if (s.scaleSize) return { ...s.spec, size: Math.max(64 * KiB, Math.round(s.spec.size * Math.min(1, scale))) };
   const messages = Math.max(s.minMessages, Math.round(s.spec.messages * scale));
-  return { ...s.spec, messages, sessions: Math.min(s.spec.sessions, messages) };
+  const warmup = s.spec.warmup && Math.max(s.minMessages, Math.round(s.spec.warmup * scale));
+  return { ...s.spec, messages, warmup, sessions: Math.min(s.spec.sessions, messages) };
 }
 
 function describe(spec: LoadSpec): string {
   const size = spec.size >= MiB ? `${num(spec.size / MiB, spec.size % MiB ? 1 : 0)} MiB` : `${num(spec.size / KiB, 0)} KiB`;
-  return `${spec.messages} message(s) of ${size}, ${spec.sessions} session(s)`;
+  return `${spec.messages} message(s) of ${size}, ${spec.sessions} session(s)${spec.warmup ? ` after ${spec.warmup} warm-up message(s)` : ''}`;
 }
 
 async function runLoadScenario(id: string, s: LoadScenario, ctx: Context): Promise<string> {
@@ -289,7 +308,7 @@ async function runLoadScenario(id: string, s: LoadScenario, ctx: Context): Promi
  */
 async function runRestartScenario(id: string, s: RestartScenario, ctx: Context): Promise<string> {
   const queued = Math.max(1, Math.round(s.queued * ctx.scale));
-  const spec = { sessions: 20, messages: queued, size: 4 * KiB };
+  const spec = { sessions: 20, messages: queued, size: 4 * KiB, warmup: 0 };
   const dir = join(ctx.runDir, `${id}-smarthost`);
   const notes = ['smarthost only: no Postfix comparison for this scenario', `filled with ${describe(spec)} (node load) while the upstream refused connections`];
   const rows: Row[] = [];
