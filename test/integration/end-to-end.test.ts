@@ -27,3 +27,16 @@ test('a message from an allowed network reaches the upstream byte for byte, with
   assert.ok(raw.endsWith(body), 'original message follows the Received header unchanged');
   client.close();
 });
+
+test('a message without a Message-ID goes out without one: the ID nodemailer is handed for its logs is never written', async () => {
+  const client = nodemailer.createTransport({ host: '127.0.0.1', port: relay.port('relay'), secure: false, ignoreTLS: true });
+  const body = 'Subject: no id\r\nFrom: scanner@printer.local\r\n\r\nbody\r\n';
+  const info = await client.sendMail({ envelope: { from: 'scanner@printer.local', to: ['bob@example.com'] }, raw: body });
+  const queueId = /queued as ([0-9A-Z]{22})$/.exec(info.response)![1]!;
+  const msg = (await sink.waitForMessages(2)).find((m) => m.recipients.includes('bob@example.com'))!;
+  const raw = msg.raw.toString('utf8');
+  assert.doesNotMatch(raw, /^Message-ID:/im);
+  assert.ok(!raw.includes(queueId.toLowerCase()) && raw.split(queueId).length === 2, 'the queue ID appears once, in our Received header');
+  assert.ok(raw.endsWith(body));
+  client.close();
+});
