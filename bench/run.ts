@@ -6,7 +6,7 @@
  *
  * Every load runs on a freshly started server with an empty queue (smarthost and Postfix alike). Before the
  * measured load, each server relays a warm-up load that is not measured, so both are compared in the steady
- * state a relay spends its life in: Node's JIT has compiled the hot paths (cold, it spends about a third more
+ * state a relay spends its life in: Node's JIT has compiled the hot paths (cold, it spends about 40 % more
  * CPU per message in (a)), Postfix has its smtpd and smtp processes running. One sink serves the whole run;
  * each load waits for its own messages at the sink.
  */

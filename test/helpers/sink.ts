@@ -31,6 +31,8 @@ export interface SinkOptions {
   auth?: { user: string; pass: string };
   /** Listen on this port (e.g. where an upstream that refused connections comes back); default: any free one. */
   port?: number;
+  /** false: no SMTPUTF8 in the EHLO reply, so only ASCII envelopes can reach this sink. Default true. */
+  smtputf8?: boolean;
 }
 
 export interface Sink {
@@ -103,6 +105,7 @@ export function startSink(options: SinkOptions = {}): Promise<Sink> {
     allowInsecureAuth: true,
     authMethods: ['PLAIN', 'LOGIN'],
     disabledCommands: options.tls ? [] : ['STARTTLS'],
+    hideSMTPUTF8: options.smtputf8 === false,
     ...(options.tls ? { key: options.tls.key, cert: options.tls.cert } : {}),
     closeTimeout: 1000,
 

@@ -36,7 +36,7 @@ test('a message without a Message-ID goes out without one: the ID nodemailer is 
   const msg = (await sink.waitForMessages(2)).find((m) => m.recipients.includes('bob@example.com'))!;
   const raw = msg.raw.toString('utf8');
   assert.doesNotMatch(raw, /^Message-ID:/im);
-  assert.ok(!raw.includes(queueId.toLowerCase()) && raw.split(queueId).length === 2, 'the queue ID appears once, in our Received header');
+  assert.equal(raw.split(queueId).length, 2, 'the queue ID appears once: in our Received header');
   assert.ok(raw.endsWith(body));
   client.close();
 });

@@ -1,0 +1,117 @@
+/**
+ * sendRaw hands the spooled message to nodemailer's transport directly (not through sendMail): the envelope goes
+ * out in wire form, the message byte for byte, and every file stream it opened is closed, whatever the outcome.
+ */
+import assert from 'node:assert/strict';
+import { createReadStream } from 'node:fs';
+import { readdir, readlink, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { test, type TestContext } from 'node:test';
+import type { SmtpUpstreamConfig } from '../../src/config/schema.js';
+import type { SmtpError } from '../../src/smtp-error.js';
+import { SmtpUpstream } from '../../src/upstreams/smtp.js';
+import type { DeliveryRequest } from '../../src/upstreams/upstream.js';
+import { tempDir } from '../helpers/daemon.js';
+import { startSink, type SinkOptions } from '../helpers/sink.js';
+
+const RAW = 'From: scanner@printer.local\r\nSubject: scan\r\n\r\nfirst line\r\n.leading dot\r\n';
+
+async function upstreamTo(t: TestContext, sinkOptions: SinkOptions = {}) {
+  const sink = await startSink(sinkOptions);
+  t.after(() => sink.close());
+  const config = { type: 'smtp', host: '127.0.0.1', port: sink.port, security: 'none', verifyCertificate: true, maxConnections: 2, timeout: 5000 } as SmtpUpstreamConfig;
+  const upstream = new SmtpUpstream('up', config, 'smarthost.test');
+  t.after(() => upstream.close());
+  const dir = await tempDir();
+  t.after(() => dir.remove());
+  const file = join(dir.path, 'message.msg');
+  await writeFile(file, RAW);
+  const streams: Readable[] = [];
+  const request = (sender: string, recipients: string[]): DeliveryRequest => ({
+    queueId: '01KBQ00000000000000000',
+    sender,
+    recipients,
+    size: RAW.length,
+    openMessage: () => {
+      const stream = createReadStream(file);
+      streams.push(stream);
+      return stream;
+    },
+  });
+  return { sink, upstream, request, streams, file };
+}
+
+/** Descriptors of this process open on `file`. */
+async function openOn(file: string): Promise<number> {
+  let n = 0;
+  for (const fd of await readdir('/proc/self/fd')) if ((await readlink(`/proc/self/fd/${fd}`).catch(() => '')) === file) n++;
+  return n;
+}
+
+test('international domains go out as A-labels (punycode): they reach a sink that offers no SMTPUTF8', async (t) => {
+  // nodemailer refuses a non-ASCII envelope when the server has no SMTPUTF8, so delivery proves the wire form.
+  const { sink, upstream, request } = await upstreamTo(t, { smtputf8: false });
+  const outcomes = await upstream.deliver(request('scanner@drücker.example', ['anna@Bücher.example', 'bob@example.com']));
+  assert.deepEqual(
+    outcomes.map((o) => [o.recipient, o.delivered]),
+    [
+      ['anna@Bücher.example', true],
+      ['bob@example.com', true],
+    ],
+  );
+  const [received] = await sink.waitForMessages(1);
+  // smtp-server reports domains decoded back to Unicode.
+  assert.equal(received!.sender, 'scanner@drücker.example');
+  assert.deepEqual(received!.recipients, ['anna@bücher.example', 'bob@example.com']);
+  assert.equal(received!.raw.toString('utf8'), RAW);
+});
+
+test('a UTF-8 local part goes out as is, with SMTPUTF8, where the sink offers it', async (t) => {
+  const { sink, upstream, request } = await upstreamTo(t);
+  const [outcome] = await upstream.deliver(request('scanner@printer.local', ['jörg@example.com']));
+  assert.equal(outcome!.delivered, true);
+  assert.deepEqual((await sink.waitForMessages(1))[0]!.recipients, ['jörg@example.com']);
+});
+
+test('the null sender of a bounce goes out as MAIL FROM:<>', async (t) => {
+  const { sink, upstream, request } = await upstreamTo(t);
+  const [outcome] = await upstream.deliver(request('', ['postmaster@example.com']));
+  assert.equal(outcome!.delivered, true);
+  assert.equal((await sink.waitForMessages(1))[0]!.sender, '');
+});
+
+test('every message stream is closed after the attempt: delivered, all recipients refused, the message refused after DATA, the connection cut', async (t) => {
+  let data: 'accept' | 'tempfail' = 'accept';
+  const { upstream, request, streams, file } = await upstreamTo(t, {
+    recipientBehaviour: (rcpt) => (rcpt.startsWith('refused') ? 'permfail' : rcpt.startsWith('dropped') ? 'drop' : 'accept'),
+    dataBehaviour: () => data,
+  });
+  const [delivered] = await upstream.deliver(request('a@example.com', ['ok@example.com']));
+  assert.equal(delivered!.delivered, true);
+  const [refused] = await upstream.deliver(request('a@example.com', ['refused@example.com']));
+  assert.equal(refused!.delivered, false);
+  assert.equal(!refused!.delivered && refused!.error.code, 550);
+  data = 'tempfail';
+  // A refusal of the whole message after DATA is thrown, as the same error for every recipient.
+  const deferred = await upstream.deliver(request('a@example.com', ['later@example.com'])).then(
+    () => assert.fail('delivered despite 451 after DATA'),
+    (err: SmtpError) => err,
+  );
+  assert.equal(deferred.code, 451);
+  // The connection cut while the recipients are named: the message was never read.
+  const cut = await upstream.deliver(request('a@example.com', ['dropped@example.com'])).then(
+    () => assert.fail('delivered over a cut connection'),
+    (err: SmtpError) => err,
+  );
+  assert.equal(cut.temporary, true);
+
+  // At least one per attempt; the cut one more: the pool moves a message whose connection closed before it was
+  // read to a fresh connection, which opens the message again.
+  assert.ok(streams.length > 4, `${streams.length} streams`);
+  for (const stream of streams) assert.ok(stream.destroyed, 'stream destroyed');
+  // Closing a file stream's descriptor finishes on the threadpool after destroy(): wait for each 'close'.
+  await Promise.all(streams.map((s) => (s.closed ? undefined : new Promise((resolve) => s.once('close', resolve)))));
+  assert.equal(await openOn(file), 0, 'no descriptor left open on the message file');
+});
+
