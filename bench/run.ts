@@ -210,7 +210,10 @@ async function measure(id: string, system: System, generator: Generator, spec: L
     m.notes.push(...d.errors);
     if (d.acknowledged > 0) {
       const lastAt = await ctx.sink.waitForCount(base + d.acknowledged, loadTimeoutMs(spec));
-      m.endToEnd = d.acknowledged / ((lastAt - d.startedAt) / 1000);
+      // The sink counts messages, not which ones: a message from an earlier load arriving late would be
+      // counted as this load's, and could even end it before it began.
+      if (ctx.sink.arrivals[base]! < d.startedAt) m.notes.push('the sink counted a message before this load began: a straggler from an earlier load; end-to-end not given');
+      else m.endToEnd = d.acknowledged / ((lastAt - d.startedAt) / 1000);
       m.accept = d.acknowledged / ((d.finishedAt - d.startedAt) / 1000);
       m.machine = machineShares(machineBefore, readMachineCpu());
     }
@@ -226,7 +229,10 @@ async function measure(id: string, system: System, generator: Generator, spec: L
   } catch (err) {
     m.notes.push(`${(err as Error).message}\n${server.diagnostics()}`);
   } finally {
+    const counted = ctx.sink.count;
     await server.stop().catch((err: Error) => m.notes.push(`stop: ${err.message}`));
+    // Nothing may reach the sink while the server stops: every acknowledged message was counted already.
+    if (ctx.sink.count > counted) m.notes.push(`${ctx.sink.count - counted} message(s) reached the sink while the server stopped`);
     if (!ctx.keep) await rm(dir, { recursive: true, force: true });
   }
   return m;
