@@ -183,6 +183,17 @@ export function readCpu(pid: number): CpuTimes | undefined {
   };
 }
 
+/** CPU seconds (utime + stime) of one thread; the main thread's id is the process id. */
+export function readThreadCpu(pid: number, tid = pid): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'latin1');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(f[11]) + Number(f[12])) / CLK_TCK;
+  } catch {
+    return undefined;
+  }
+}
+
 /** The machine's CPU time so far, all CPUs together (/proc/stat), in clock ticks. */
 export interface MachineCpu {
   total: number;

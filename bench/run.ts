@@ -106,6 +106,8 @@ interface Measurement {
   idleMemBytes?: number;
   /** The whole machine during the load (first connection to last message at the sink). */
   machine?: { busy: number; steal: number };
+  /** smarthost's main thread (its event loop) over the same span: its CPU time ÷ the wall time. */
+  eventLoopBusy?: number;
   notes: string[];
 }
 
@@ -117,6 +119,8 @@ interface ServerUnderTest {
   stop(): Promise<void>;
   /** The end of its log, for error reports. */
   diagnostics(): string;
+  /** CPU seconds of the thread running its event loop (smarthost only). */
+  eventLoopCpu?(): number | undefined;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -207,6 +211,7 @@ async function measure(id: string, system: System, generator: Generator, spec: L
     server.markIdle();
     const base = ctx.sink.count;
     const machineBefore = readMachineCpu();
+    const loopBefore = { cpu: server.eventLoopCpu?.(), at: now() };
     const d = await drive(generator, server.port, spec, ctx);
     expected = base + d.acknowledged;
     m.acknowledged = d.acknowledged;
@@ -219,6 +224,8 @@ async function measure(id: string, system: System, generator: Generator, spec: L
       else m.endToEnd = d.acknowledged / ((lastAt - d.startedAt) / 1000);
       m.accept = d.acknowledged / ((d.finishedAt - d.startedAt) / 1000);
       m.machine = machineShares(machineBefore, readMachineCpu());
+      const loopAfter = server.eventLoopCpu?.();
+      if (loopBefore.cpu !== undefined && loopAfter !== undefined) m.eventLoopBusy = (loopAfter - loopBefore.cpu) / ((now() - loopBefore.at) / 1000);
     }
     if (d.latency) m.latency = d.latency;
     const usage = server.usage();
@@ -300,6 +307,7 @@ async function runLoadScenario(id: string, s: LoadScenario, ctx: Context): Promi
     row(`peak - idle ${memory}`, (m) => m.peakMemBytes && m.idleMemBytes && m.peakMemBytes - m.idleMemBytes, mb);
     row('CPU s', (m) => m.cpuSeconds, (v) => num(v, 2));
     row('CPU ms per message', (m) => m.cpuSeconds && (1000 * m.cpuSeconds) / spec.messages, (v) => num(v, 2));
+    row('event loop busy % (main thread)', (m) => m.eventLoopBusy && 100 * m.eventLoopBusy, (v) => num(v, 0));
     row('machine CPU busy % (all CPUs)', (m) => m.machine && 100 * m.machine.busy, (v) => num(v, 0));
     row('CPU stolen by the hypervisor %', (m) => m.machine && 100 * m.machine.steal, (v) => num(v, 1));
   }
