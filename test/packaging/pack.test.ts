@@ -24,6 +24,18 @@ test('package.json builds before packing and ships the command, configs, schema,
   for (const entry of ['dist/src', 'config', 'systemd', 'README.md', 'LICENSE']) assert.ok(pkg.files.includes(entry), `"files" lists ${entry}`);
 });
 
+test('npm test names every test file, in a form Node 20, 22 and 24 all read', async () => {
+  // Node 22 and 24 take a directory argument to --test for a module and run nothing; Node 20 has no globs.
+  // So the shell expands the pattern, which reaches test files exactly one folder below test/.
+  const pattern = 'dist/test/*/*.test.js';
+  assert.ok(pkg.scripts.test?.endsWith(` ${pattern}`), `the test script ends with ${pattern}: ${pkg.scripts.test}`);
+  const testDir = join(PROJECT, 'test');
+  const files = (await readdir(testDir, { recursive: true })).filter((f) => f.endsWith('.test.ts'));
+  assert.ok(files.length > 50, `found the test files (${files.length})`);
+  const unreached = files.filter((f) => !/^[^/]+\/[^/]+\.test\.ts$/.test(f));
+  assert.deepEqual(unreached, [], 'every test file sits in a folder directly under test/');
+});
+
 test('the packed tarball installs globally and its smarthost command starts and relays', { timeout: 120_000 }, async (t) => {
   const scratch = await tempDir('smarthost-pack-');
   t.after(() => scratch.remove());
