@@ -7,7 +7,10 @@
  * body, and the body is bytes [0, record.size). A file is complete once its mode is 0700 (set beside the last
  * write and made durable by the same fsync), Postfix's MAIL_QUEUE_STAT_READY for a finished queue file
  * (src/global/mail_queue.h): a file a crash cut short has no such mode, even where its last bytes, which the
- * client sent, look like an envelope.
+ * client sent, look like an envelope. As Postfix's mail_stream.c says of its own fchmod, the mode may reach
+ * the disk before the last write does if the crash comes before the fsync returns. Such a file ends in client
+ * bytes, and an envelope in them cannot name the file's queue ID, whose random part the client first sees in
+ * the 250: Spool.load moves it to corrupt/.
  */
 import { closeFd, fstatFd, openFd, readFd } from './fd.js';
 import { parseRecord, serializeRecord, type MessageRecord } from './record.js';

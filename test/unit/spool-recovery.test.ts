@@ -143,6 +143,31 @@ test('a message file never completed is removed when loaded, even one whose last
   assert.deepEqual(taken.map((r) => r.recipients[0]!.address), ['victim@elsewhere.test']);
 });
 
+test('a file marked complete but cut short before its envelope is quarantined: the envelope the client wrote cannot name the file', async (t) => {
+  // The mode and the last write reach the disk in one fsync, in no fixed order, so a crash before it returns can
+  // leave the mark on a file that ends in client bytes. Those can be shaped like an envelope, but not with this
+  // file's queue ID: its random part is first shown to the client in the 250, after the body.
+  const dir = await tempDir();
+  t.after(() => dir.remove());
+  const spool = await Spool.open(dir.path);
+  const id = newQueueId();
+  const prefix = Buffer.from('Subject: innocent\r\n\r\n');
+  const guessed = newQueueId();
+  const forged = { ...record(guessed), recipients: record(guessed).recipients.map((r) => ({ ...r, address: 'victim@elsewhere.test' })), size: prefix.length };
+  await writeFile(spool.messagePath(id), Buffer.concat([prefix, encodeTrailer(forged)]));
+  await chmod(spool.messagePath(id), 0o700);
+
+  const handed: MessageRecord[] = [];
+  const result = await spool.load(await spool.scan(), (r) => handed.push(r));
+  assert.deepEqual(handed, []);
+  assert.equal(result.loaded, 0);
+  assert.deepEqual(
+    result.corrupt.map((c) => ({ id: c.id, reason: c.reason })),
+    [{ id, reason: `record names another queue ID (${guessed})` }],
+  );
+  assert.deepEqual(await readdir(spool.corruptDir), [`${id}.msg`]);
+});
+
 test('a state file wins over the envelope the message arrived with; remove deletes both; the body excludes the envelope', async (t) => {
   const dir = await tempDir();
   t.after(() => dir.remove());
