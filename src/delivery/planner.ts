@@ -53,8 +53,8 @@ export function createPlanner(config: Pick<Config, 'routing' | 'users' | 'listen
         sender,
         recipients: testMode ? [testMode.to] : recipients,
         size: message.size,
-        openMessage: () => {
-          const body = spool.openBody(message);
+        openMessage: (options) => {
+          const body = spool.openBody(message, options);
           if (untouched) return body;
           const rewritten = new HeaderRewriteStream(edits);
           return pipeline(body, rewritten, () => {});

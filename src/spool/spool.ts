@@ -39,6 +39,9 @@ const KEEP_OPEN = 64;
 /** Body bytes gathered before one writev: a 4 KiB message is one write, a large one a write per 256 KiB. */
 const WRITE_BATCH = 256 * 1024;
 
+/** fs streams' own default; a message smaller than the chunk size is read in one chunk of its own size. */
+const DEFAULT_READ_CHUNK = 64 * 1024;
+
 /**
  * The spool keeps each message as one file, queue/<id>.msg: the message exactly as accepted, never rewritten,
  * followed by the envelope it arrived with (layout in message-file.ts). Delivery state that changes later (a
@@ -86,16 +89,17 @@ export class Spool {
     return join(this.queueDir, `${id}.json`);
   }
 
-  /** The message as accepted; `range` (end inclusive) within it. */
-  openBody(record: Pick<MessageRecord, 'id' | 'size'>, range: { start?: number; end?: number } = {}): Readable {
-    const end = Math.min(range.end ?? Infinity, record.size - 1);
-    const start = range.start ?? 0;
+  /** The message as accepted; `start` to `end` (inclusive) within it, read `chunkSize` bytes at a time (default 64 KiB). */
+  openBody(record: Pick<MessageRecord, 'id' | 'size'>, options: { start?: number; end?: number; chunkSize?: number } = {}): Readable {
+    const end = Math.min(options.end ?? Infinity, record.size - 1);
+    const start = options.start ?? 0;
     if (end < start) return Readable.from([]);
+    const highWaterMark = options.chunkSize ?? DEFAULT_READ_CHUNK;
     const open = this.#open.get(record.id);
-    if (!open) return createReadStream(this.messagePath(record.id), { start, end, fs: reclaimingReads() });
+    if (!open) return createReadStream(this.messagePath(record.id), { start, end, highWaterMark, fs: reclaimingReads() });
     // Reads at explicit positions (pread), so streams on one descriptor never disturb each other. A stream
     // closes its descriptor when destroyed, even with autoClose off; here it must not: release() does.
-    const stream = createReadStream('', { fd: open.fd, start, end, autoClose: false, fs: { ...reclaimingReads(), close: keepOpen } });
+    const stream = createReadStream('', { fd: open.fd, start, end, highWaterMark, autoClose: false, fs: { ...reclaimingReads(), close: keepOpen } });
     open.streams.add(stream);
     return stream;
   }

@@ -8,8 +8,11 @@ export interface DeliveryRequest {
   sender: string;
   recipients: readonly string[];
   size: number;
-  /** Opens the spooled message (CRLF line endings, as accepted). Each call returns a fresh stream. */
-  openMessage(): Readable;
+  /**
+   * Opens the spooled message (CRLF line endings, as accepted). Each call returns a fresh stream, read
+   * `chunkSize` bytes at a time (default 64 KiB).
+   */
+  openMessage(options?: { chunkSize?: number }): Readable;
 }
 
 export type RecipientOutcome =

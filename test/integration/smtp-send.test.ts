@@ -28,18 +28,21 @@ async function upstreamTo(t: TestContext, sinkOptions: SinkOptions = {}) {
   const file = join(dir.path, 'message.msg');
   await writeFile(file, RAW);
   const streams: Readable[] = [];
+  /** The chunk size each openMessage() call asked for. */
+  const chunkSizes: (number | undefined)[] = [];
   const request = (sender: string, recipients: string[]): DeliveryRequest => ({
     queueId: '01KBQ00000000000000000',
     sender,
     recipients,
     size: RAW.length,
-    openMessage: () => {
-      const stream = createReadStream(file);
+    openMessage: (options) => {
+      chunkSizes.push(options?.chunkSize);
+      const stream = createReadStream(file, { highWaterMark: options?.chunkSize });
       streams.push(stream);
       return stream;
     },
   });
-  return { sink, upstream, request, streams, file };
+  return { sink, upstream, request, streams, chunkSizes, file };
 }
 
 /** Descriptors of this process open on `file`. */
@@ -48,6 +51,14 @@ async function openOn(file: string): Promise<number> {
   for (const fd of await readdir('/proc/self/fd')) if ((await readlink(`/proc/self/fd/${fd}`).catch(() => '')) === file) n++;
   return n;
 }
+
+test('the message is read in 256 KiB chunks on its way to an SMTP upstream', async (t) => {
+  const { sink, upstream, request, chunkSizes } = await upstreamTo(t);
+  const [outcome] = await upstream.deliver(request('scanner@printer.local', ['alice@dest.test']));
+  assert.equal(outcome?.delivered, true);
+  assert.equal(sink.messages.length, 1);
+  assert.deepEqual(chunkSizes, [256 * 1024]);
+});
 
 test('international domains go out as A-labels (punycode): they reach a sink that offers no SMTPUTF8', async (t) => {
   // nodemailer refuses a non-ASCII envelope when the server has no SMTPUTF8, so delivery proves the wire form.

@@ -93,3 +93,23 @@ test('at most 64 files stay open; the others are read by path; remove and close 
   assert.deepEqual(await openFilesIn(spool.queueDir), []);
   assert.equal((await readdir(spool.queueDir)).length, 60);
 });
+
+test('openBody reads chunkSize bytes at a time, by the kept descriptor and by path, 64 KiB by default; a small message in one chunk', async (t) => {
+  const dir = await tempDir();
+  t.after(() => dir.remove());
+  const spool = await Spool.open(dir.path);
+  t.after(() => spool.close());
+  const large = await spool.store(Readable.from([randomBytes(1024 * 1024 + 10)]), record());
+  const small = await spool.store(Readable.from([randomBytes(4000)]), record());
+  const chunkSizes = async (r: MessageRecord, chunkSize?: number) => {
+    const sizes: number[] = [];
+    for await (const chunk of spool.openBody(r, chunkSize === undefined ? {} : { chunkSize })) sizes.push((chunk as Buffer).length);
+    return sizes;
+  };
+  const quarters = [262144, 262144, 262144, 262144, 10];
+  assert.deepEqual(await chunkSizes(large, 256 * 1024), quarters, 'through the descriptor store kept open');
+  assert.deepEqual(await chunkSizes(large), [...Array<number>(16).fill(65536), 10], 'default');
+  assert.deepEqual(await chunkSizes(small, 256 * 1024), [4000]);
+  await spool.release(large.id);
+  assert.deepEqual(await chunkSizes(large, 256 * 1024), quarters, 'by path, once released');
+});
