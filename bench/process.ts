@@ -156,7 +156,7 @@ export async function waitForSmtp(port: number, timeoutMs: number, what: string,
 // /proc readings.
 
 export interface CpuTimes {
-  /** utime + stime of the process itself (all its threads), seconds. */
+  /** utime + stime, seconds: of the process itself (all its threads), or of the one thread read. */
   self: number;
   /** cutime + cstime: children it has waited for (Postfix's master reaps its exited daemons), seconds. */
   children: number;
@@ -165,10 +165,11 @@ export interface CpuTimes {
   state: string;
 }
 
-export function readCpu(pid: number): CpuTimes | undefined {
+/** The process's CPU times; with `tid`, one of its threads' (the main thread's id is the process id). */
+export function readCpu(pid: number, tid?: number): CpuTimes | undefined {
   let stat: string;
   try {
-    stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    stat = readFileSync(tid === undefined ? `/proc/${pid}/stat` : `/proc/${pid}/task/${tid}/stat`, 'latin1');
   } catch {
     return undefined;
   }
@@ -181,17 +182,6 @@ export function readCpu(pid: number): CpuTimes | undefined {
     self: (field(14) + field(15)) / CLK_TCK,
     children: (field(16) + field(17)) / CLK_TCK,
   };
-}
-
-/** CPU seconds (utime + stime) of one thread; the main thread's id is the process id. */
-export function readThreadCpu(pid: number, tid = pid): number | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'latin1');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (Number(f[11]) + Number(f[12])) / CLK_TCK;
-  } catch {
-    return undefined;
-  }
 }
 
 /** The machine's CPU time so far, all CPUs together (/proc/stat), in clock ticks. */

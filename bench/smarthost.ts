@@ -8,7 +8,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { stringify } from 'yaml';
-import { freePort, isRunning, now, PeakSampler, readCpu, readPeakRss, readRss, readThreadCpu, resetPeakRss, spawnTracked, waitForExit, waitForSmtp, type ResourceUsage } from './process.js';
+import { freePort, isRunning, now, PeakSampler, readCpu, readPeakRss, readRss, resetPeakRss, spawnTracked, waitForExit, waitForSmtp, type ResourceUsage } from './process.js';
 
 const CLI = fileURLToPath(new URL('../src/cli.js', import.meta.url));
 
@@ -115,7 +115,7 @@ export class SmarthostProcess {
 
   /** CPU seconds of the main thread, which runs the event loop; the other threads are libuv's and V8's. */
   eventLoopCpu(): number | undefined {
-    return readThreadCpu(this.pid);
+    return readCpu(this.pid, this.pid)?.self;
   }
 
   /** SIGTERM as an operator would; SIGKILL if it has not exited within the shutdown timeout plus a margin. */
