@@ -118,15 +118,23 @@ test('scan removes leftovers in incoming/, state files without their message and
   assert.deepEqual((await readdir(spool.queueDir)).sort(), [`${kept.id}.msg`, 'notes.txt']);
 });
 
+/**
+ * What a crash can leave of a message whose client sent bytes shaped like a spool envelope naming `envelopeId`,
+ * with forged recipients: the file cut right after them.
+ */
+function cutAfterClientEnvelope(envelopeId: string): Buffer {
+  const prefix = Buffer.from('Subject: innocent\r\n\r\n');
+  const forged = { ...record(envelopeId), recipients: record(envelopeId).recipients.map((r) => ({ ...r, address: 'victim@elsewhere.test' })), size: prefix.length };
+  return Buffer.concat([prefix, encodeTrailer(forged)]);
+}
+
 test('a message file never completed is removed when loaded, even one whose last bytes look like an envelope', async (t) => {
   const dir = await tempDir();
   t.after(() => dir.remove());
   const spool = await Spool.open(dir.path);
   // A client can send bytes shaped like a spool envelope; a crash right after a write batch leaves them last.
   const id = newQueueId();
-  const prefix = Buffer.from('Subject: innocent\r\n\r\n');
-  const forged = { ...record(id), recipients: record(id).recipients.map((r) => ({ ...r, address: 'victim@elsewhere.test' })), size: prefix.length };
-  const cut = Buffer.concat([prefix, encodeTrailer(forged)]);
+  const cut = cutAfterClientEnvelope(id);
   await writeFile(spool.messagePath(id), cut, { mode: 0o600 });
 
   const handed: MessageRecord[] = [];
@@ -151,10 +159,8 @@ test('a file marked complete but cut short before its envelope is quarantined: t
   t.after(() => dir.remove());
   const spool = await Spool.open(dir.path);
   const id = newQueueId();
-  const prefix = Buffer.from('Subject: innocent\r\n\r\n');
   const guessed = newQueueId();
-  const forged = { ...record(guessed), recipients: record(guessed).recipients.map((r) => ({ ...r, address: 'victim@elsewhere.test' })), size: prefix.length };
-  await writeFile(spool.messagePath(id), Buffer.concat([prefix, encodeTrailer(forged)]));
+  await writeFile(spool.messagePath(id), cutAfterClientEnvelope(guessed));
   await chmod(spool.messagePath(id), 0o700);
 
   const handed: MessageRecord[] = [];
