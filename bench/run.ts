@@ -2,7 +2,7 @@
  * `npm run bench`: smarthost against Postfix on this machine, same sink, same load, loopback only.
  *
  *   npm run bench -- [--scenario a|b|c|d|e]... [--all] [--scale F] [--sink smtp-sink|node]
- *                    [--generator node|smtp-source] [--no-postfix] [--cpu-prof] [--keep]
+ *                    [--generator node|smtp-source] [--no-postfix] [--floor] [--cpu-prof] [--keep]
  *
  * Every load runs on a freshly started server with an empty queue (smarthost and Postfix alike). Before the
  * measured load, each server relays a warm-up load that is not measured, so both are compared in the steady
@@ -31,7 +31,8 @@ const KiB = 1024;
 const MiB = 1024 * KiB;
 
 type Generator = 'node' | 'smtp-source';
-type System = 'smarthost' | 'postfix';
+/** floor: bench/floor-relay.ts, smarthost's libraries and durable writes without its features (--floor). */
+type System = 'smarthost' | 'postfix' | 'floor';
 
 interface LoadSpec {
   sessions: number;
@@ -89,6 +90,8 @@ interface Context {
   keep: boolean;
   /** --generator: only these load generators (default: both). */
   generators: Generator[] | undefined;
+  /** --floor: the load scenarios also run the floor relay. */
+  floor: boolean;
 }
 
 interface Measurement {
@@ -174,7 +177,7 @@ async function drive(generator: Generator, port: number, spec: LoadSpec, ctx: Co
 async function startServer(system: System, dir: string, ctx: Context, profileName: string): Promise<ServerUnderTest> {
   if (system === 'postfix') return PostfixInstance.start(dir, ctx.sink.port);
   const cpuProfile = ctx.profileDir ? { dir: ctx.profileDir, name: profileName } : undefined;
-  return SmarthostProcess.start({ dir, upstreamPort: ctx.sink.port, ...(cpuProfile ? { cpuProfile } : {}) });
+  return SmarthostProcess.start({ dir, upstreamPort: ctx.sink.port, ...(system === 'floor' ? { floor: true } : {}), ...(cpuProfile ? { cpuProfile } : {}) });
 }
 
 /**
@@ -269,8 +272,10 @@ async function runLoadScenario(id: string, s: LoadScenario, ctx: Context): Promi
   const results: Measurement[] = [];
   // A B B A: each load slows the next one's file creations on some file systems (bench/README.md), so neither
   // system always runs second.
-  const order = (i: number) => (!compare ? (['smarthost'] as const) : i % 2 === 0 ? (['smarthost', 'postfix'] as const) : (['postfix', 'smarthost'] as const));
-  if (compare && generators.length > 1) notes.push('order of the loads: smarthost, postfix, then postfix, smarthost');
+  const systems: System[] = ['smarthost', ...(compare ? (['postfix'] as const) : []), ...(ctx.floor ? (['floor'] as const) : [])];
+  const order = (i: number) => (i % 2 === 0 ? systems : [...systems].reverse());
+  if (systems.length > 1 && generators.length > 1) notes.push(`order of the loads: ${systems.join(', ')}, then ${[...systems].reverse().join(', ')}`);
+  if (ctx.floor) notes.push('floor: bench/floor-relay.ts, the same libraries and durable writes as smarthost without its features');
   for (const [i, generator] of generators.entries()) {
     for (const system of order(i)) {
       console.error(`bench: (${id}) ${generator} load on ${system} ...`);
@@ -279,14 +284,15 @@ async function runLoadScenario(id: string, s: LoadScenario, ctx: Context): Promi
       for (const n of m.notes) notes.push(`${generator} on ${system}: ${n}`);
     }
   }
+  // Each system against Postfix; without Postfix, smarthost against the floor.
+  const ratioColumns: [System, System][] = compare ? systems.filter((x) => x !== 'postfix').map((x) => [x, 'postfix']) : ctx.floor ? [['smarthost', 'floor']] : [];
   const rows: Row[] = [];
   for (const generator of generators) {
-    const sh = results.find((r) => r.generator === generator && r.system === 'smarthost');
-    const pf = results.find((r) => r.generator === generator && r.system === 'postfix');
+    const measured = systems.map((system) => results.find((r) => r.generator === generator && r.system === system));
     const row = (metric: string, pick: (m: Measurement) => number | undefined, fmt: (v: number | undefined) => string) => {
-      const a = sh && pick(sh);
-      const b = pf && pick(pf);
-      rows.push({ group: generator === 'node' ? 'node load' : generator, metric, cells: compare ? [fmt(a), fmt(b), ratio(a, b)] : [fmt(a)] });
+      const values = measured.map((m) => m && pick(m));
+      const ratios = ratioColumns.map(([a, b]) => ratio(values[systems.indexOf(a)], values[systems.indexOf(b)]));
+      rows.push({ group: generator === 'node' ? 'node load' : generator, metric, cells: [...values.map(fmt), ...ratios] });
     };
     if (spec.messages === 1) {
       // One message: rates per second would read oddly; show its times and the byte rate instead.
@@ -317,7 +323,7 @@ async function runLoadScenario(id: string, s: LoadScenario, ctx: Context): Promi
       'CPU: smarthost = utime+stime of its process; Postfix = master + all its daemons, exited ones included (cutime)',
     );
   }
-  const columns = compare ? ['smarthost', 'postfix', 'smarthost/postfix'] : ['smarthost'];
+  const columns = [...systems, ...ratioColumns.map(([a, b]) => `${a}/${b}`)];
   return formatTable(`(${id}) ${s.title}: ${describe(spec)}`, columns, rows, notes);
 }
 
@@ -398,13 +404,14 @@ function options() {
       'no-postfix': { type: 'boolean', default: false },
       'cpu-prof': { type: 'boolean', default: false },
       keep: { type: 'boolean', default: false },
+      floor: { type: 'boolean', default: false },
       generator: { type: 'string', multiple: true, short: 'g' },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
   if (values.help) {
     console.log(
-      'usage: npm run bench -- [--scenario a|b|c|d|e]... [--all] [--scale F] [--sink smtp-sink|node] [--generator node|smtp-source] [--no-postfix] [--cpu-prof] [--keep]\n' +
+      'usage: npm run bench -- [--scenario a|b|c|d|e]... [--all] [--scale F] [--sink smtp-sink|node] [--generator node|smtp-source] [--no-postfix] [--floor] [--cpu-prof] [--keep]\n' +
         Object.entries(SCENARIOS)
           .map(([id, s]) => `  ${id}  ${s.title}`)
           .join('\n'),
@@ -418,7 +425,7 @@ function options() {
   if (values.sink !== 'smtp-sink' && values.sink !== 'node') throw new Error('--sink must be smtp-sink or node');
   const generators = values.generator?.flatMap((g) => g.split(','));
   for (const g of generators ?? []) if (g !== 'node' && g !== 'smtp-source') throw new Error(`unknown generator "${g}"; choose node or smtp-source`);
-  return { ids, scale, sink: values.sink as SinkKind, postfix: !values['no-postfix'], cpuProf: values['cpu-prof'], keep: values.keep, generators: generators as Generator[] | undefined };
+  return { ids, scale, sink: values.sink as SinkKind, postfix: !values['no-postfix'], cpuProf: values['cpu-prof'], keep: values.keep, floor: values.floor, generators: generators as Generator[] | undefined };
 }
 
 async function main(): Promise<void> {
@@ -443,6 +450,7 @@ async function main(): Promise<void> {
     profileDir,
     keep: o.keep,
     generators: o.generators,
+    floor: o.floor,
   };
   const postfixVersion = ctx.postfix.ok ? runSync(findProgram('postconf')!, ['-dh', 'mail_version'], 10_000).trim() : 'n/a';
   console.log(

@@ -1,6 +1,7 @@
 /**
  * smarthost under test: the built CLI in a child process with a bench config, exactly as an operator
  * runs it, plus its resource use read from /proc (RSS sampled, VmHWM for the peak, utime+stime for CPU).
+ * The floor relay (floor-relay.ts) runs and is measured the same way.
  */
 import type { ChildProcess } from 'node:child_process';
 import { closeSync, openSync, readFileSync } from 'node:fs';
@@ -11,6 +12,7 @@ import { stringify } from 'yaml';
 import { freePort, isRunning, now, PeakSampler, readCpu, readPeakRss, readRss, resetPeakRss, spawnTracked, waitForExit, waitForSmtp, type ResourceUsage } from './process.js';
 
 const CLI = fileURLToPath(new URL('../src/cli.js', import.meta.url));
+const FLOOR_RELAY = fileURLToPath(new URL('./floor-relay.js', import.meta.url));
 
 export interface SmarthostOptions {
   /** Working directory: config, spool and log live here. */
@@ -19,6 +21,8 @@ export interface SmarthostOptions {
   upstreamPort: number;
   /** Retry schedule override, e.g. short delays for the queued-restart scenario. */
   retry?: { initialDelay: string; maxDelay: string };
+  /** The floor relay (floor-relay.ts) instead of smarthost: same port, upstream and measurements. */
+  floor?: boolean;
   /** Write a V8 CPU profile (node --cpu-prof) into this directory when the process exits. */
   cpuProfile?: { dir: string; name: string };
 }
@@ -63,6 +67,8 @@ export class SmarthostProcess {
     readonly spawnedAt: number,
     /** Epoch ms when it first answered an SMTP greeting. */
     readonly listeningAt: number,
+    /** "smarthost" or "floor relay", for error messages. */
+    readonly label: string,
   ) {}
 
   get pid(): number {
@@ -78,15 +84,19 @@ export class SmarthostProcess {
     const log = openSync(logPath, 'a');
     const profile = o.cpuProfile ? ['--cpu-prof', `--cpu-prof-dir=${o.cpuProfile.dir}`, `--cpu-prof-name=${o.cpuProfile.name}.cpuprofile`] : [];
     const spawnedAt = now();
-    const child = spawnTracked(process.execPath, [...profile, CLI, 'start', '--config', configPath], { stdio: ['ignore', log, log] });
+    const label = o.floor ? 'floor relay' : 'smarthost';
+    const program = o.floor
+      ? [FLOOR_RELAY, '--port', String(port), '--upstream-port', String(o.upstreamPort), '--dir', join(o.dir, 'spool')]
+      : [CLI, 'start', '--config', configPath];
+    const child = spawnTracked(process.execPath, [...profile, ...program], { stdio: ['ignore', log, log] });
     closeSync(log);
     try {
-      await waitForSmtp(port, 30_000, 'smarthost', () => child.exitCode === null);
+      await waitForSmtp(port, 30_000, label, () => child.exitCode === null);
     } catch (err) {
       child.kill('SIGKILL');
       throw new Error(`${(err as Error).message}\n${tail(logPath)}`);
     }
-    const started = new SmarthostProcess(child, port, logPath, spawnedAt, now());
+    const started = new SmarthostProcess(child, port, logPath, spawnedAt, now(), label);
     started.#sampler = new PeakSampler(() => readRss(started.pid), 100);
     return started;
   }
@@ -123,8 +133,8 @@ export class SmarthostProcess {
     this.#sampler?.stop();
     if (!isRunning(this.pid)) return;
     this.child.kill('SIGTERM');
-    const code = await waitForExit(this.child, 20_000, 'smarthost');
-    if (code !== 0) throw new Error(`smarthost exited with ${code}\n${tail(this.logPath)}`);
+    const code = await waitForExit(this.child, 20_000, this.label);
+    if (code !== 0) throw new Error(`${this.label} exited with ${code}\n${tail(this.logPath)}`);
   }
 
   diagnostics(): string {
