@@ -319,8 +319,8 @@ async function runLoadScenario(id: string, s: LoadScenario, ctx: Context): Promi
   }
   if (compare) {
     notes.unshift(
-      'peak memory: smarthost = peak RSS of its one process (VmHWM); Postfix = largest sampled sum of PSS over master and daemons',
-      'CPU: smarthost = utime+stime of its process; Postfix = master + all its daemons, exited ones included (cutime)',
+      'peak memory: smarthost (and the floor) = peak RSS of its one process (VmHWM); Postfix = largest sampled sum of PSS over master and daemons',
+      'CPU: smarthost (and the floor) = utime+stime of its process; Postfix = master + all its daemons, exited ones included (cutime)',
     );
   }
   const columns = [...systems, ...ratioColumns.map(([a, b]) => `${a}/${b}`)];

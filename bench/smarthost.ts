@@ -79,7 +79,7 @@ export class SmarthostProcess {
     await mkdir(o.dir, { recursive: true });
     const port = await freePort();
     const configPath = join(o.dir, 'smarthost.yaml');
-    await writeFile(configPath, stringify(benchConfig(o, port)));
+    if (!o.floor) await writeFile(configPath, stringify(benchConfig(o, port)));
     const logPath = join(o.dir, 'smarthost.log');
     const log = openSync(logPath, 'a');
     const profile = o.cpuProfile ? ['--cpu-prof', `--cpu-prof-dir=${o.cpuProfile.dir}`, `--cpu-prof-name=${o.cpuProfile.name}.cpuprofile`] : [];
