@@ -145,8 +145,9 @@ export function formatReceivedHeader(trace: ReceivedTrace): string {
 }
 
 /**
- * Normalises line endings and prepends our Received field while a message arrives. Only the header
- * section is buffered (bounded by maxHeaderBytes); the body then streams through chunk by chunk.
+ * Normalises line endings, prepends our Received field and makes sure an empty line separates the header
+ * section from the body, while a message arrives. Only the header section is buffered (bounded by
+ * maxHeaderBytes); the body then streams through chunk by chunk.
  */
 export class InboundMessageTransform extends Transform {
   private readonly received: Buffer;
@@ -201,7 +202,12 @@ export class InboundMessageTransform extends Transform {
     if (end > this.maxHeaderBytes) return tooLarge();
     this._headerBlock = Buffer.from(this.header.subarray(0, end));
     this.output(this.received);
-    this.output(this.header.subarray(0, this.headerLen));
+    this.output(this.header.subarray(0, end));
+    // The section ended at a line that is not a field (or at a continuation with nothing to continue): that
+    // line is body, and the empty line RFC 5322 puts before a body goes in first. Otherwise the policy here
+    // and the header rewrite at delivery, which looks for the empty line, would see different headers.
+    if (end < this.headerLen && this.header[end] !== CR) this.output(CRLF);
+    this.output(this.header.subarray(end, this.headerLen));
     this.output(data.subarray(take));
     this.header = undefined;
     return undefined;

@@ -321,6 +321,44 @@ test('test mode: a failure at the test address counts for every real recipient o
   assert.equal(sinks.c.messages.length, 0);
 });
 
+test('header From at the end of DATA: 550 when a header rule would make it forbidden; a From after a non-field line is body, neither checked nor rewritten', async (t) => {
+  const { relay, sinks } = await setup(t, {
+    senderRestrictions: [{ network: '127.0.0.2/32', allowedSenders: ['@printer.local', '@scans.contoso.com'] }],
+    rewrite: [{ match: 'ceo-alias@printer.local', to: 'ceo@contoso.com', apply: 'header' }],
+  });
+  const envelope = { from: 'floor2@printer.local', to: ['r@partner.test'] };
+  await assert.rejects(
+    send(relay, envelope, 'From: ceo-alias@printer.local\r\nSubject: plain\r\n\r\nbody\r\n', { localAddress: '127.0.0.2' }),
+    (err: { responseCode?: number; response?: string }) =>
+      err.responseCode === 550 && /Header From <ceo-alias@printer\.local> \(rewritten to <ceo@contoso\.com>\)/.test(err.response ?? ''),
+  );
+  // The header section ends at the first line that is not a field: what follows is body, for the check at DATA
+  // and for the rewrite at delivery alike, so the From below it reaches the upstream as the client wrote it.
+  const ids = [
+    await send(relay, envelope, 'Subject: junk line\r\njunk\r\nFrom: ceo-alias@printer.local\r\n\r\nbody\r\n', { localAddress: '127.0.0.2' }),
+    await send(relay, envelope, ' x\r\nFrom: ceo-alias@printer.local\r\nSubject: continuation first\r\n\r\nbody\r\n', { localAddress: '127.0.0.2' }),
+  ];
+  for (const id of ids) await relay.waitForLog(removed(id));
+  assert.equal(sinks.c.messages.length, 2);
+  for (const m of sinks.c.messages) {
+    assert.deepEqual(headers(m.raw, 'From'), [], 'no From in the header block');
+    assert.ok(bodyOf(m.raw).toString().includes('From: ceo-alias@printer.local\r\n'), 'the From line arrives in the body, unrewritten');
+    assert.ok(!m.raw.includes('ceo@contoso.com'), 'nothing was rewritten to the forbidden address');
+  }
+});
+
+test('a message with no empty line after its header (cron output), over 1 MiB, is delivered with the From rewritten', async (t) => {
+  const { relay, sinks } = await setup(t, { rewrite: [{ match: '*@printer.local', to: '$1@contoso.com' }] });
+  // The header rewrite holds at most 1 MiB while looking for the empty line; without one it used to bounce.
+  const log = 'line of log output\r\n'.repeat(60_000);
+  const id = await send(relay, { from: 'backup@printer.local', to: ['admin@partner.test'] }, `From: backup@printer.local\r\nSubject: nightly log\r\n${log}`);
+  await relay.waitForLog(removed(id));
+  assert.deepEqual(deliveries(relay, id), ['admin@partner.test@c:delivered']);
+  const [m] = sinks.c.messages;
+  assert.deepEqual(headers(m!.raw, 'From'), ['<backup@contoso.com>']);
+  assert.equal(bodyOf(m!.raw).toString(), log);
+});
+
 test('sender restrictions at MAIL FROM: 553 5.7.1 naming the policy, also when a rewrite rule would produce a forbidden address', async (t) => {
   const { relay, sinks } = await setup(t, {
     users: [await user('scanner', { allowedSenders: ['scanner@printer.local', '@scans.contoso.com'] })],

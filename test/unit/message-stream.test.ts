@@ -71,12 +71,52 @@ test('header-only message (no separator, no final CRLF) is flushed at the end', 
   assert.equal(stream.messageId, '<h@x>');
 });
 
-test('message without headers streams as body', async () => {
-  for (const input of ['\r\nbody only\r\n', 'Hello printer output\nline 2\n', '  indented first line\r\n', '']) {
+test('message without headers streams as body, after the empty line that separates it from our Received field', async () => {
+  for (const [input, expected] of <Array<[string, string]>>[
+    ['\r\nbody only\r\n', '\r\nbody only\r\n'],
+    ['Hello printer output\nline 2\n', '\r\nHello printer output\r\nline 2\r\n'],
+    ['  indented first line\r\n', '\r\n  indented first line\r\n'],
+    ['', ''],
+  ]) {
     const { out, stream } = await run([input]);
-    assert.equal(out.toString(), RECEIVED + input.replace(/\r?\n/g, '\r\n'));
+    assert.equal(out.toString(), RECEIVED + expected);
     assert.equal(stream.headerBlock?.length, 0);
     assert.equal(stream.messageId, undefined);
+  }
+});
+
+test('a line that is not a field ends the header section, and the empty line goes in before it', async () => {
+  // Without it, the header From check at the end of DATA and the header rewrite at delivery (which looks for
+  // the empty line) would disagree on where the header ends: a From after the junk line would be rewritten
+  // without ever having been checked.
+  const junk = 'Subject: c\r\njunk\r\nFrom: ceo-alias@printer.local\r\n\r\nbody\r\n';
+  const expected = `${RECEIVED}Subject: c\r\n\r\njunk\r\nFrom: ceo-alias@printer.local\r\n\r\nbody\r\n`;
+  for (let i = 0; i <= junk.length; i++) {
+    const { out, stream } = await run([junk.slice(0, i), junk.slice(i)]);
+    assert.equal(out.toString(), expected, `split at ${i}`);
+    assert.equal(stream.headerBlock?.toString(), 'Subject: c\r\n');
+  }
+  const cron = await run(['Subject: nightly log\nline of output\nmore output\n']);
+  assert.equal(cron.out.toString(), `${RECEIVED}Subject: nightly log\r\n\r\nline of output\r\nmore output\r\n`);
+  const continuationFirst = await run([' x\r\nFrom: ceo-alias@printer.local\r\n\r\nbody\r\n']);
+  assert.equal(continuationFirst.out.toString(), `${RECEIVED}\r\n x\r\nFrom: ceo-alias@printer.local\r\n\r\nbody\r\n`);
+  assert.equal(continuationFirst.stream.headerBlock?.length, 0);
+});
+
+test('the first empty line of the output always ends exactly the header block the transform reports', async () => {
+  const lines = ['Subject: s', 'From: a@b', '\tfolded', ' folded', 'junk', 'Received: x', '', 'body', ': no name', 'X-Y : obsolete form'];
+  const endings = ['\r\n', '\n', '\r'];
+  let seed = 7;
+  const next = (n: number) => ((seed = (seed * 1103515245 + 12345) % 2147483648), seed % n);
+  for (let round = 0; round < 400; round++) {
+    const input = Array.from({ length: 1 + next(6) }, () => lines[next(lines.length)]! + endings[next(endings.length)]!).join('');
+    const cut = next(input.length + 1);
+    const { out, stream } = await run([input.slice(0, cut), input.slice(cut)]);
+    const header = Buffer.concat([Buffer.from(RECEIVED), stream.headerBlock ?? Buffer.alloc(0)]);
+    assert.ok(out.subarray(0, header.length).equals(header), JSON.stringify(input));
+    const after = out.subarray(header.length).toString('latin1');
+    assert.ok(after === '' || after.startsWith('\r\n'), `${JSON.stringify(input)}: header not followed by the empty line`);
+    assert.equal(header.indexOf('\r\n\r\n'), -1, JSON.stringify(input));
   }
 });
 
