@@ -281,6 +281,15 @@ export class Listener {
   }
 
   #onMailFrom(address: SMTPServerAddress, session: SMTPServerSession): SmtpError | undefined {
+    if (typeof session.user === 'string' && !this.deps.policy.users.some((u) => u.name === session.user)) {
+      // Removed by a reload after this session authenticated: its login, and so its allowedSenders, are gone.
+      this.deps.log.info(
+        { event: 'smtp.refused', listener: this.config.name, client: normalizeIp(session.remoteAddress), user: session.user, reason: 'user no longer configured' },
+        'user removed since it authenticated',
+      );
+      this.#rejected('auth_required', 530);
+      return new SmtpError(530, '5.7.0', 'Authentication required: this user is no longer configured');
+    }
     const trusted = this.config.role === 'relay' && this.#networks.contains(session.remoteAddress);
     if (!session.user && !trusted) {
       this.deps.log.info(

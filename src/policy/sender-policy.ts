@@ -17,7 +17,9 @@ const networkLists = new WeakMap<readonly string[], NetworkList>();
 export function checkSenderAllowed(config: PolicyConfig, input: { sender: string; user?: string; clientAddress: string }): SmtpError | undefined {
   const candidates = [input.sender, ...aliasTargets(config, input.sender)];
   const user = input.user === undefined ? undefined : config.users.findIndex((u) => u.name === input.user);
-  if (user !== undefined && user >= 0) {
+  // A user not in the config has no allowedSenders to check against: refused, never let through unchecked.
+  if (user === -1) return new SmtpError(553, '5.7.1', `Sender <${input.sender}> is not allowed: user ${input.user} is not configured`);
+  if (user !== undefined) {
     const allowed = config.users[user]!.allowedSenders;
     const refused = allowed ? candidates.find((c) => !matchesAny(allowed, c)) : undefined;
     if (refused !== undefined) return refuse(refused, input.sender, `user ${input.user} (users[${user}].allowedSenders)`);

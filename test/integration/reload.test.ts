@@ -97,3 +97,32 @@ test('reload with a valid and an invalid config while a client is connected', as
   assert.match(r.stderr, /routes mail to upstream c, which is not running yet: restart smarthost to add upstreams/);
   assert.match(await session.command('QUIT'), /^221/);
 });
+
+test('a user removed by a reload can no longer send from a session that authenticated before it', async (t) => {
+  const dir = await tempDir();
+  t.after(() => dir.remove());
+  const users = [{ name: 'scanner', passwordHash: await hashPassword('open sesame'), allowedSenders: ['scanner@origin.test'] }];
+  const config = await testConfig({ dir: dir.path, users });
+  const daemon = await spawnDaemon(config, dir.path);
+  t.after(async () => {
+    daemon.proc.kill('SIGTERM');
+    await daemon.exited;
+  });
+  const configFile = join(dir.path, (await readdir(dir.path)).find((f) => /^config-\d+\.yaml$/.test(f))!);
+  const submission = (config.listeners as { port: number }[])[1]!.port;
+  const session = await openSession(submission);
+  t.after(() => session.socket.destroy());
+  assert.match(await session.command('EHLO client.test'), /^250/);
+  assert.match(await session.command(`AUTH PLAIN ${Buffer.from('\0scanner\0open sesame').toString('base64')}`), /^235 /);
+  assert.match(await session.command('MAIL FROM:<ceo@contoso.com>'), /^553 5\.7\.1 .*users\[0\]\.allowedSenders/, 'restricted while configured');
+  assert.match(await session.command('MAIL FROM:<scanner@origin.test>'), /^250 /);
+  assert.match(await session.command('RSET'), /^250 /);
+
+  await writeFile(configFile, stringify({ ...config, users: [] }));
+  daemon.proc.kill('SIGHUP');
+  await daemon.waitForOutput(/"event":"reload","changed":\["users"\]/);
+  // Its login went with it: neither its own address nor, with its restriction gone, any other.
+  assert.match(await session.command('MAIL FROM:<scanner@origin.test>'), /^530 5\.7\.0 Authentication required: this user is no longer configured\r\n$/);
+  assert.match(await session.command('MAIL FROM:<ceo@contoso.com>'), /^530 5\.7\.0 /);
+  await daemon.waitForOutput(/"event":"smtp.refused".*"user":"scanner","reason":"user no longer configured"/);
+});

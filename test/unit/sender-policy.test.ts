@@ -56,10 +56,9 @@ test('user restriction: allowedSenders of the authenticated user, exact, @domain
   const single = config({ users: [{ name: 'a' }, { name: 'scanner', allowedSenders: '@printer.local' }] });
   assert.equal(check(single, 'x@printer.local', { user: 'scanner' }), 'allowed');
   assert.match(check(single, 'x@other.test', { user: 'scanner' }), /is not allowed for user scanner \(users\[1\]\.allowedSenders\)$/);
-  // Other users, unauthenticated clients and unknown names are not bound by this user's list.
+  // Other users and unauthenticated clients are not bound by this user's list (unknown names: the next test).
   assert.equal(check(c, 'ceo@contoso.com', { user: 'free' }), 'allowed');
   assert.equal(check(c, 'ceo@contoso.com'), 'allowed');
-  assert.equal(check(c, 'ceo@contoso.com', { user: 'ghost' }), 'allowed');
 });
 
 test('network restriction: applies to clients in its networks only (IPv4, IPv6, IPv4-mapped)', () => {
@@ -96,6 +95,13 @@ test('user and network restriction both: each must allow; the refusal names the 
   assert.match(check(c, 'x@printer.local', { user: 'scanner' }), /^553 5\.7\.1 Sender <x@printer\.local> is not allowed for clients in 192\.168\.10\.0\/24 \(senderRestrictions\[0\]\)$/);
   assert.match(check(c, 'ceo@contoso.com', { user: 'scanner' }), /^553 5\.7\.1 Sender <ceo@contoso\.com> is not allowed for user scanner \(users\[0\]\.allowedSenders\)$/);
   assert.equal(check(c, 'x@printer.local', { user: 'scanner', clientAddress: OUTSIDE }), 'allowed', 'outside the network only the user list applies');
+});
+
+test('a user the config does not know is refused, not let through without a check', () => {
+  const c = config({ users: [{ name: 'scanner', allowedSenders: ['@printer.local'] }] });
+  assert.equal(check(c, 'x@printer.local', { user: 'scanner' }), 'allowed');
+  assert.equal(check(c, 'ceo@contoso.com', { user: 'removed' }), '553 5.7.1 Sender <ceo@contoso.com> is not allowed: user removed is not configured');
+  assert.equal(check(config({}), 'x@printer.local', { user: 'removed' }), '553 5.7.1 Sender <x@printer.local> is not allowed: user removed is not configured');
 });
 
 test('alias targets must be allowed too: rewriting is no way around a restriction', () => {
