@@ -16,6 +16,13 @@ export interface ReceivedTrace {
   tls?: string;
 }
 
+/**
+ * Fields dropped on arrival, Postfix's default message_drop_headers (cleanup(8)): a Bcc field would show
+ * every recipient the blind copies went to (they are in the envelope already), and Content-Length and
+ * Return-Path are for the final delivery to set, not the client.
+ */
+const DROPPED_FIELDS = new Set(['bcc', 'resent-bcc', 'content-length', 'return-path']);
+
 /** More Received fields than this means the message is circling between hosts (RFC 5321 6.3). */
 export const MAX_RECEIVED_HEADERS = 30;
 const DEFAULT_MAX_HEADER_BYTES = 1024 * 1024;
@@ -145,8 +152,8 @@ export function formatReceivedHeader(trace: ReceivedTrace): string {
 }
 
 /**
- * Normalises line endings, prepends our Received field and makes sure an empty line separates the header
- * section from the body, while a message arrives. Only the header section is buffered (bounded by
+ * Normalises line endings, prepends our Received field, drops the DROPPED_FIELDS and makes sure an empty
+ * line separates the header section from the body, while a message arrives. Only the header section is buffered (bounded by
  * maxHeaderBytes); the body then streams through chunk by chunk.
  */
 export class InboundMessageTransform extends Transform {
@@ -157,6 +164,8 @@ export class InboundMessageTransform extends Transform {
   private headerLen = 0;
   private lineStart = 0;
   private fieldStart = -1;
+  /** [start, end) of each header field in DROPPED_FIELDS, in order. */
+  private readonly dropped: Array<[number, number]> = [];
   private receivedCount = 0;
   private _headerBlock: Buffer | undefined;
   private _messageId: string | undefined;
@@ -168,7 +177,7 @@ export class InboundMessageTransform extends Transform {
     this.maxHeaderBytes = options.maxHeaderBytes ?? DEFAULT_MAX_HEADER_BYTES;
   }
 
-  /** The original header fields (line endings normalised, without the empty separator line). */
+  /** The original header fields but the dropped ones (line endings normalised, without the empty separator line). */
   get headerBlock(): Buffer | undefined { return this._headerBlock; }
   /** The first Message-ID, angle brackets included, once the header section has ended. */
   get messageId(): string | undefined { return this._messageId; }
@@ -200,9 +209,10 @@ export class InboundMessageTransform extends Transform {
       return this.headerLen >= this.maxHeaderBytes + 2 ? tooLarge() : undefined;
     }
     if (end > this.maxHeaderBytes) return tooLarge();
-    this._headerBlock = Buffer.from(this.header.subarray(0, end));
+    const kept = this.withoutDroppedFields(end);
+    this._headerBlock = Buffer.concat(kept);
     this.output(this.received);
-    this.output(this.header.subarray(0, end));
+    for (const part of kept) this.output(part);
     // The section ended at a line that is not a field (or at a continuation with nothing to continue): that
     // line is body, and the empty line RFC 5322 puts before a body goes in first. Otherwise the policy here
     // and the header rewrite at delivery, which looks for the empty line, would see different headers.
@@ -243,10 +253,25 @@ export class InboundMessageTransform extends Transform {
   private finishField(buf: Buffer): void {
     if (this.fieldStart < 0) return;
     const field = buf.subarray(this.fieldStart, this.lineStart);
+    const name = fieldName(field);
+    if (DROPPED_FIELDS.has(name)) this.dropped.push([this.fieldStart, this.lineStart]);
     this.fieldStart = -1;
-    if (this._messageId === undefined && fieldName(field) === 'message-id') {
+    if (this._messageId === undefined && name === 'message-id') {
       this._messageId = parseMessageId(field);
     }
+  }
+
+  /** The header section up to `end`, as slices of the buffer, without the dropped fields. */
+  private withoutDroppedFields(end: number): Buffer[] {
+    const header = this.header as Buffer;
+    const kept: Buffer[] = [];
+    let from = 0;
+    for (const [start, stop] of this.dropped) {
+      if (start > from) kept.push(header.subarray(from, start));
+      from = stop;
+    }
+    if (end > from) kept.push(header.subarray(from, end));
+    return kept;
   }
 
   private append(data: Buffer): void {

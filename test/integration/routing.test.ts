@@ -347,6 +347,18 @@ test('header From at the end of DATA: 550 when a header rule would make it forbi
   }
 });
 
+test('a Bcc field never reaches an upstream: every recipient gets the message, none sees who got blind copies', async (t) => {
+  const { relay, sinks } = await setup(t, {});
+  const raw = 'From: app@printer.local\r\nTo: team@partner.test\r\nBcc: boss@partner.test\r\nSubject: minutes\r\n\r\nbody\r\n';
+  const id = await send(relay, { from: 'app@printer.local', to: ['team@partner.test', 'boss@partner.test'] }, raw);
+  await relay.waitForLog(removed(id));
+  const [m] = sinks.c.messages;
+  assert.deepEqual(m!.recipients.sort(), ['boss@partner.test', 'team@partner.test']);
+  assert.deepEqual(headers(m!.raw, 'Bcc'), []);
+  assert.ok(!m!.raw.includes('boss@partner.test'), 'the blind copy recipient appears nowhere in the message');
+  assert.deepEqual(headers(m!.raw, 'To'), ['team@partner.test']);
+});
+
 test('a message with no empty line after its header (cron output), over 1 MiB, is delivered with the From rewritten', async (t) => {
   const { relay, sinks } = await setup(t, { rewrite: [{ match: '*@printer.local', to: '$1@contoso.com' }] });
   // The header rewrite holds at most 1 MiB while looking for the empty line; without one it used to bounce.

@@ -103,6 +103,22 @@ test('a line that is not a field ends the header section, and the empty line goe
   assert.equal(continuationFirst.stream.headerBlock?.length, 0);
 });
 
+test('Bcc, Resent-Bcc, Content-Length and Return-Path fields are dropped on arrival, folded or not, in any case', async () => {
+  const input =
+    'Return-Path: <forged@x>\r\nFrom: app@printer.local\r\nBcc: boss@contoso.com,\r\n auditor@contoso.com\r\nTo: team@contoso.com\r\n' +
+    'RESENT-BCC : hidden@contoso.com\r\nContent-Length: 12\r\nSubject: Bcc: not a field here\r\n\r\nBcc: body line stays\r\n';
+  const expectedHeader = 'From: app@printer.local\r\nTo: team@contoso.com\r\nSubject: Bcc: not a field here\r\n';
+  const expected = `${RECEIVED}${expectedHeader}\r\nBcc: body line stays\r\n`;
+  for (let i = 0; i <= input.length; i += 7) {
+    const { out, stream } = await run([input.slice(0, i), input.slice(i)]);
+    assert.equal(out.toString(), expected, `split at ${i}`);
+    assert.equal(stream.headerBlock?.toString(), expectedHeader);
+    assert.equal(stream.bytesOut, Buffer.byteLength(expected));
+  }
+  // Only the header: the fields go, the rest stays, and nothing is inserted after it.
+  assert.equal(await output('Subject: s\r\nBcc: a@b'), `${RECEIVED}Subject: s\r\n`);
+});
+
 test('the first empty line of the output always ends exactly the header block the transform reports', async () => {
   const lines = ['Subject: s', 'From: a@b', '\tfolded', ' folded', 'junk', 'Received: x', '', 'body', ': no name', 'X-Y : obsolete form'];
   const endings = ['\r\n', '\n', '\r'];
