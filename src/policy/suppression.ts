@@ -45,10 +45,21 @@ export class SuppressionFileError extends Error {
   }
 }
 
-/** Lowercased, trimmed, without one pair of angle brackets: the key addresses are compared by. */
+/**
+ * Lowercased, trimmed, without one pair of angle brackets, and with a quoted local part that needs no quotes
+ * unquoted: the key addresses are compared by. "victim"@x.test is the same mailbox as victim@x.test
+ * (RFC 5321 4.1.2), so it must not get past an entry for it.
+ */
 export function suppressionKey(address: string): string {
-  return address.trim().replace(/^<(.*)>$/, '$1').trim().toLowerCase();
+  const bare = address.trim().replace(/^<(.*)>$/, '$1').trim().toLowerCase();
+  const quoted = /^"((?:[^"\\]|\\.)*)"(@[^@]*)$/.exec(bare);
+  if (!quoted) return bare;
+  const local = quoted[1]!.replace(/\\(.)/g, '$1');
+  return DOT_ATOM.test(local) ? local + quoted[2] : bare;
 }
+
+/** RFC 5322 dot-atom-text: the local parts that need no quotes. */
+const DOT_ATOM = /^[a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*$/;
 
 /** The same shape config validation accepts for addresses: local@domain, no spaces or angle brackets. */
 export function isPlausibleAddress(address: string): boolean {

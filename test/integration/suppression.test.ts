@@ -82,20 +82,22 @@ function runCli(args: string[]): Promise<{ code: number | null; stdout: string; 
 
 const is = (event: string, fields: Log = {}) => (l: Log) => l.event === event && Object.entries(fields).every(([k, v]) => l[k] === v);
 
-test('action refuse: a listed recipient gets 550 5.7.1 at RCPT TO, in any letter case; others are accepted', async (t) => {
+test('action refuse: a listed recipient gets 550 5.7.1 at RCPT TO, in any letter case and with its local part quoted; others are accepted', async (t) => {
   const { relay } = await relayWith(t, { listed: ['Blocked@Dest.test'] });
   const transcript = await smtpDialog(relay.port('relay'), [
     'EHLO client.test',
     'MAIL FROM:<app@origin.test>',
     'RCPT TO:<blocked@dest.test>',
     'RCPT TO:<BLOCKED@DEST.TEST>',
+    'RCPT TO:<"blocked"@dest.test>',
     'RCPT TO:<fine@dest.test>',
     'QUIT',
   ]);
   const replies = smtpReplies(transcript);
-  assert.deepEqual(smtpReplyCodes(transcript), [220, 250, 250, 550, 550, 250, 221]);
+  assert.deepEqual(smtpReplyCodes(transcript), [220, 250, 250, 550, 550, 550, 250, 221]);
   assert.equal(replies[3], '550 5.7.1 Recipient is on the suppression list');
   assert.equal(replies[4], '550 5.7.1 Recipient is on the suppression list');
+  assert.equal(replies[5], '550 5.7.1 Recipient is on the suppression list', 'a quoted local part names the same mailbox');
   const refused = await relay.waitForLog(is('smtp.refused', { reason: 'suppression list' }));
   assert.equal(refused.recipient, 'blocked@dest.test');
 });

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { readFile, rename, rm, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
-import { SuppressionFileError, SuppressionList } from '../../src/policy/suppression.js';
+import { SuppressionFileError, SuppressionList, suppressionKey } from '../../src/policy/suppression.js';
 import { tempDir } from '../helpers/daemon.js';
 
 async function stateDir(t: TestContext): Promise<string> {
@@ -92,6 +92,21 @@ test('addresses compare case-insensitively, with or without angle brackets, for 
   assert.equal(list.size, 1);
 
   assert.ok(await list.remove('ALICE.SMITH@example.com'));
+  assert.equal(list.size, 0);
+});
+
+test('a quoted local part that needs no quotes is the same mailbox as the unquoted one', async (t) => {
+  assert.equal(suppressionKey('"Victim"@Dest.test'), 'victim@dest.test');
+  assert.equal(suppressionKey('<"vic\\tim"@dest.test>'), 'victim@dest.test');
+  assert.equal(suppressionKey('"first.last"@dest.test'), 'first.last@dest.test');
+  // Quotes that are needed stay: such a local part cannot be written any other way.
+  assert.equal(suppressionKey('"two words"@dest.test'), '"two words"@dest.test');
+  assert.equal(suppressionKey('"a..b"@dest.test'), '"a..b"@dest.test');
+  const list = await openList(t, await stateDir(t));
+  await list.add('victim@dest.test', 'unsubscribed');
+  assert.equal(list.has('"victim"@dest.test'), true);
+  assert.equal((await list.add('"VICTIM"@dest.test', 'again')).added, false);
+  assert.ok(await list.remove('"victim"@dest.test'));
   assert.equal(list.size, 0);
 });
 
