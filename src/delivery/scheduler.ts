@@ -40,6 +40,8 @@ export class DeliveryScheduler {
   readonly #records = new Map<string, MessageRecord>();
   readonly #due = new DueQueue();
   readonly #active = new Map<string, Promise<void>>();
+  /** Messages whose record in memory is newer than their spool file: an attempt's write or unlink failed. */
+  readonly #unwritten = new Set<string>();
   readonly #attempts: DeliveryAttempts;
   #timer: { cancel(): void } | undefined;
   #timerAt = Infinity;
@@ -106,6 +108,7 @@ export class DeliveryScheduler {
         await this.#o.spool.remove(id);
         this.#records.delete(id);
         this.#due.delete(id);
+        this.#unwritten.delete(id);
         this.#o.log.info({ event: 'queue.removed', queueId: id, by: 'admin' }, 'message deleted by the administrator');
         return undefined;
       }
@@ -116,6 +119,7 @@ export class DeliveryScheduler {
         if (nextDueAt(record) !== undefined) await this.#save(record);
       }
       await this.#finishOrKeep(record);
+      this.#unwritten.delete(id);
       return this.#records.get(id);
     })();
     const settled = run.then(
@@ -200,19 +204,29 @@ export class DeliveryScheduler {
   }
 
   async #attempt(initial: MessageRecord): Promise<void> {
-    let { record, attempted } = await this.#attempts.run(initial).finally(() => this.#o.spool.release(initial.id));
-    // Nothing attempted and no DSN owed (e.g. one recovered from a crash before it was sent): only reschedule.
-    // Returning here while a DSN is owed would leave the message due at 0 and re-attempt it forever.
-    if (!attempted && record === initial && !owesDsn(record)) return this.#schedule(record);
-    if (nextDueAt(record) !== undefined) await this.#save(record);
+    const id = initial.id;
+    let { record, attempted } = await this.#attempts.run(initial).finally(() => this.#o.spool.release(id));
+    // Nothing attempted, no DSN owed and nothing left unwritten (e.g. one recovered from a crash before it was
+    // sent): only reschedule. Returning here while a DSN is owed would leave the message due at 0 and
+    // re-attempt it forever; while a write is owed, the retry of that write would never come.
+    if (!attempted && record === initial && !owesDsn(record) && !this.#unwritten.has(id)) return this.#schedule(record);
+    // What the upstreams accepted has happened whether or not the spool can record it, so memory takes each
+    // result before the write: when a write or unlink fails, the retry repeats only that, never a delivery
+    // this attempt made. Should the daemon stop before a write succeeds, the spool holds older state and a
+    // restart may deliver again: that is the at-least-once window. While the daemon runs, it must not.
+    this.#unwritten.add(id);
+    this.#records.set(id, record);
+    if (nextDueAt(record) !== undefined) await this.#o.spool.update(record);
     if (owesDsn(record)) {
       record = await this.#o.bouncer.notify(record);
-      if (nextDueAt(record) !== undefined) await this.#save(record);
+      this.#records.set(id, record);
+      if (nextDueAt(record) !== undefined) await this.#o.spool.update(record);
     }
     await this.#finishOrKeep(record);
+    this.#unwritten.delete(id);
   }
 
-  /** Writes a record and keeps the in-memory copy equal to it, so a later failure cannot resurrect older state. */
+  /** Writes an administrator's record, then keeps it in memory: a change the spool refused is not made. */
   async #save(record: MessageRecord): Promise<void> {
     await this.#o.spool.update(record);
     this.#records.set(record.id, record);

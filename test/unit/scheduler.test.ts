@@ -620,6 +620,119 @@ test('a DSN that could not be queued is retried later without delivering the del
   assert.deepEqual(await h.queueFiles(), []);
 });
 
+const readOnlyFs = () => Object.assign(new Error('EROFS: read-only file system, unlink'), { code: 'EROFS' });
+const diskFull = () => Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+
+test('a delivered message whose files cannot be removed (spool remounted read-only) is not delivered again; the unlink is retried until it works', async (t) => {
+  const h = await harness(t);
+  const remove = h.spool.remove.bind(h.spool);
+  let readOnly = true;
+  h.spool.remove = async (id: string) => {
+    if (readOnly) throw readOnlyFs();
+    return remove(id);
+  };
+  const message = await h.queue(['a@example.net']);
+  await h.advance(30 * MINUTE);
+  assert.deepEqual(h.upstream.calls.map((c) => [c.at, c.recipients]), [[T0, ['a@example.net']]]);
+  assert.equal(h.events('queue.error').length, 7, 'the unlink was tried at 0, 5, 10, ... 30 minutes');
+
+  readOnly = false;
+  await h.advance(5 * MINUTE);
+  assert.equal(h.upstream.calls.length, 1);
+  assert.equal(h.scheduler.get(message.id), undefined);
+  assert.deepEqual(await h.queueFiles(), []);
+});
+
+test('a partly delivered message whose state cannot be written (disk full) delivers only the deferred recipient again', async (t) => {
+  const h = await harness(t);
+  h.upstream.script('b@example.net', deferral());
+  const update = h.spool.update.bind(h.spool);
+  let full = true;
+  h.spool.update = async (record: MessageRecord) => {
+    if (full) {
+      full = false;
+      throw diskFull();
+    }
+    return update(record);
+  };
+  await h.queue(['a@example.net', 'b@example.net']);
+  assert.equal(h.events('queue.error').length, 1);
+
+  await h.advance(5 * MINUTE);
+  assert.deepEqual(
+    h.upstream.calls.map((c) => [c.at, c.recipients]),
+    [
+      [T0, ['a@example.net', 'b@example.net']],
+      [T0 + 5 * MINUTE, ['b@example.net']],
+    ],
+  );
+  assert.deepEqual(await h.queueFiles(), []);
+});
+
+test('a state write that failed is retried after the initial delay, before any recipient is due again', async (t) => {
+  const h = await harness(t);
+  h.upstream.script('b@example.net', deferral(), deferral());
+  const update = h.spool.update.bind(h.spool);
+  let updates = 0;
+  h.spool.update = async (record: MessageRecord) => {
+    if (++updates === 2) throw diskFull();
+    return update(record);
+  };
+  const message = await h.queue(['a@example.net', 'b@example.net']);
+  await h.advance(5 * MINUTE); // b is deferred again, due at +15m, and that cannot be written
+  assert.equal(h.events('queue.error').length, 1);
+  const stale = await h.spool.readRecord(message.id);
+  assert.equal(stale.recipients[1]!.attempts, 1, 'the spool still holds the first attempt');
+
+  await h.advance(5 * MINUTE);
+  assert.equal(h.upstream.calls.length, 2, 'nothing delivered at +10m');
+  const stored = await h.spool.readRecord(message.id);
+  assert.deepEqual(
+    stored.recipients.map((r) => [r.address, r.status, r.attempts]),
+    [
+      ['a@example.net', 'delivered', 1],
+      ['b@example.net', 'pending', 2],
+    ],
+  );
+  assert.equal(stored.recipients[1]!.nextAttemptAt, T0 + 15 * MINUTE);
+
+  await h.advance(5 * MINUTE);
+  assert.deepEqual(
+    h.upstream.calls.map((c) => [c.at, c.recipients]),
+    [
+      [T0, ['a@example.net', 'b@example.net']],
+      [T0 + 5 * MINUTE, ['b@example.net']],
+      [T0 + 15 * MINUTE, ['b@example.net']],
+    ],
+  );
+  assert.deepEqual(await h.queueFiles(), []);
+});
+
+test('a DSN queued before the state write failed is not queued again', async (t) => {
+  const h = await harness(t);
+  h.upstream.script('b@example.net', deferral());
+  h.upstream.script('c@example.net', rejection());
+  const update = h.spool.update.bind(h.spool);
+  let updates = 0;
+  h.spool.update = async (record: MessageRecord) => {
+    if (++updates === 2) throw diskFull(); // the write that records the DSN as sent
+    return update(record);
+  };
+  const message = await h.queue(['b@example.net', 'c@example.net']);
+  assert.equal(h.events('queue.error').length, 1);
+
+  await h.advance(5 * MINUTE);
+  assert.deepEqual(
+    h.upstream.calls.map((c) => [c.queueId === message.id ? 'message' : 'dsn', c.recipients]),
+    [
+      ['message', ['b@example.net', 'c@example.net']],
+      ['dsn', [SENDER]],
+      ['message', ['b@example.net']],
+    ],
+  );
+  assert.deepEqual(await h.queueFiles(), []);
+});
+
 test('send limit: a burst of 100 messages through an upstream limited to 30 per minute goes out 30 a minute, none bounced', async (t) => {
   const limits = new SendLimiter(new Map([['fake', { messagesPerMinute: 30, perMailbox: true, mode: 'fixed' as const }]]));
   const h = await harness(t, { limits, maxConcurrency: 10 });
