@@ -131,6 +131,10 @@ export class DeliveryScheduler {
       return await run;
     } finally {
       this.#active.delete(id);
+      // While the change ran, #pump may have taken the message off the due list as in flight; a change that
+      // failed (e.g. disk full) did not put it back, and the message would wait for the next restart.
+      const record = this.#records.get(id);
+      if (record) this.#schedule(record);
       this.#pump();
     }
   }

@@ -733,6 +733,50 @@ test('a DSN queued before the state write failed is not queued again', async (t)
   assert.deepEqual(await h.queueFiles(), []);
 });
 
+test('an administrator\'s change that fails (disk full) while the message fell due leaves it to be attempted, unchanged', async (t) => {
+  const h = await harness(t, { maxConcurrency: 2 });
+  h.upstream.hold = true;
+  const spoolOne = async (recipient: string) => {
+    const record = createRecord({
+      id: newQueueId(T0),
+      sender: SENDER,
+      recipients: [recipient],
+      receivedAt: T0,
+      client: { address: '192.0.2.10', listener: 'relay', tls: false },
+    });
+    await h.spool.store(Readable.from([Buffer.from(BODY)]), record);
+    h.scheduler.add(record);
+    return record;
+  };
+  await spoolOne('busy1@example.net');
+  await spoolOne('busy2@example.net');
+  await turnsUntil(() => h.upstream.heldCount === 2, 'both slots delivering');
+  const x = await spoolOne('x@example.net'); // due now, waiting for a slot
+
+  const update = h.spool.update.bind(h.spool);
+  let failUpdate: (() => void) | undefined;
+  h.spool.update = () => new Promise<void>((_, reject) => (failUpdate = () => reject(diskFull())));
+  const changing = h.scheduler.change(x.id, (r) => ({ ...r, held: true }));
+  await turnsUntil(() => failUpdate !== undefined, 'the change writing');
+  // The slots free up while the change runs: the pump takes x off the due list and skips it as in flight.
+  h.upstream.hold = false;
+  h.upstream.releaseOne();
+  h.upstream.releaseOne();
+  await turnsUntil(() => h.scheduler.activeCount === 1, 'only the change left');
+  h.spool.update = update;
+  failUpdate!();
+  await assert.rejects(changing, /ENOSPC/);
+  assert.equal(h.scheduler.get(x.id)?.held, undefined, 'the failed change did not hold x');
+
+  await h.settle();
+  assert.deepEqual(
+    h.upstream.calls.filter((c) => c.queueId === x.id).map((c) => [c.at, c.recipients]),
+    [[T0, ['x@example.net']]],
+  );
+  assert.equal(h.scheduler.size, 0);
+  assert.deepEqual(await h.queueFiles(), []);
+});
+
 test('send limit: a burst of 100 messages through an upstream limited to 30 per minute goes out 30 a minute, none bounced', async (t) => {
   const limits = new SendLimiter(new Map([['fake', { messagesPerMinute: 30, perMailbox: true, mode: 'fixed' as const }]]));
   const h = await harness(t, { limits, maxConcurrency: 10 });
