@@ -174,11 +174,14 @@ export class Daemon {
       onError: (err) => log.error({ event: 'suppression.error', file: list.file, err }, 'suppression list unreadable; keeping the previous one'),
     });
     // Recovered mail is handed over only once every listener is bound: a start that fails delivers nothing.
-    // Each record as soon as it is read, so a large queue starts draining while the rest loads. Damaged files are
-    // reported, not thrown: nothing here can fail the start once the listeners are bound.
+    // Each record as soon as it is read, so a large queue starts draining while the rest loads. Damaged and unreadable
+    // files are reported, not thrown: nothing here can fail the start once the listeners are bound.
     const recovered = await spool.load(queued, (record) => scheduler.add(record));
     for (const c of recovered.corrupt) {
       log.error({ event: 'spool.corrupt', queueId: c.id, reason: c.reason, movedTo: c.movedTo }, c.movedTo ? 'damaged queue file moved aside' : 'damaged queue file left in place');
+    }
+    for (const u of recovered.unreadable) {
+      log.error({ event: 'spool.unreadable', queueId: u.id, reason: u.reason }, 'queued message could not be read; left in queue/ and not delivered until the next start');
     }
     if (recovered.removed.length > 0) log.info({ event: 'spool.cleaned', files: recovered.removed.length }, 'removed files of messages never acknowledged');
     log.info({ event: 'spool.recovered', messages: recovered.loaded }, 'queue loaded');

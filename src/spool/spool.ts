@@ -2,6 +2,7 @@ import { createReadStream, readFile as readFileCallback } from 'node:fs';
 import { mkdir, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { SmtpError } from '../smtp-error.js';
 import { DirSync } from './dir-sync.js';
 import { closeFd, fchmodFd, fsyncFd, openFd, readFd, renameFile, unlinkFile, writeFd, writevFd } from './fd.js';
@@ -26,8 +27,21 @@ export interface CorruptRecord {
   movedTo?: string;
 }
 
+/** A message whose files the system would not let load() read (EMFILE, EIO, EACCES...); left in queue/. */
+export interface UnreadableRecord {
+  id: string;
+  reason: string;
+}
+
 /** Message files read at once while the queue is loaded at start-up. */
 const RECOVERY_READS = 32;
+
+/**
+ * Reads of one message refused by the system before load() leaves it for the next start, and the pause before
+ * the first retry (doubled before each next): long enough for a burst of connections to give back descriptors.
+ */
+const READ_ATTEMPTS = 3;
+const READ_RETRY_PAUSE_MS = 100;
 
 /**
  * Descriptors of just-stored messages kept open for their first delivery attempt, at most this many: a
@@ -220,12 +234,12 @@ export class Spool {
    * Start-up scan, all at once: {@link scan} then {@link load}. The daemon runs the two steps apart, so that
    * deliveries start while a large queue is still being read.
    */
-  async recover(): Promise<{ records: MessageRecord[]; removed: string[]; corrupt: CorruptRecord[] }> {
+  async recover(): Promise<{ records: MessageRecord[]; removed: string[]; corrupt: CorruptRecord[]; unreadable: UnreadableRecord[] }> {
     const listing = await this.scan();
     const records: MessageRecord[] = [];
-    const { corrupt, removed } = await this.load(listing, (r) => records.push(r));
+    const { corrupt, unreadable, removed } = await this.load(listing, (r) => records.push(r));
     records.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
-    return { records, removed: [...listing.removed, ...removed], corrupt };
+    return { records, removed: [...listing.removed, ...removed], corrupt, unreadable };
   }
 
   /**
@@ -275,12 +289,23 @@ export class Spool {
   /**
    * Start-up scan, second step: reads the listed messages' records, oldest first with reads overlapping, and
    * hands each to `onRecord` as soon as it is read. A message file never completed (the client never heard 250)
-   * is removed; a damaged record (and its message) moves to corrupt/ and is reported. Neither is fatal: only an
-   * error thrown by onRecord fails this step, so it may run after the listeners are bound.
+   * is removed; a damaged record (and its message) moves to corrupt/ and is reported.
+   *
+   * A read the system refuses (an error with a syscall: EMFILE from a burst of connections, EIO, EACCES) says
+   * nothing about the file, which is most likely intact: it is tried again after a pause, and if it still fails
+   * the message stays in queue/, untouched, and is reported as unreadable; the next start loads it. Until then it
+   * is not delivered, which the daemon logs as an error.
+   *
+   * None of these is fatal: only an error thrown by onRecord fails this step, so it may run after the listeners
+   * are bound.
    */
-  async load(listing: QueueListing, onRecord: (record: MessageRecord) => void): Promise<{ loaded: number; removed: string[]; corrupt: CorruptRecord[] }> {
+  async load(
+    listing: QueueListing,
+    onRecord: (record: MessageRecord) => void,
+  ): Promise<{ loaded: number; removed: string[]; corrupt: CorruptRecord[]; unreadable: UnreadableRecord[] }> {
     const { ids, names } = listing;
     const corrupt: CorruptRecord[] = [];
+    const unreadable: UnreadableRecord[] = [];
     const removed: string[] = [];
     let loaded = 0;
     let next = 0;
@@ -290,10 +315,11 @@ export class Spool {
         const hasState = names.has(`${id}.json`);
         let record: MessageRecord | undefined;
         try {
-          record = await this.#readRecord(id, hasState);
+          record = await this.#readRecordRetrying(id, hasState);
           if (record && record.id !== id) throw new Error(`record names another queue ID (${record.id})`);
         } catch (err) {
-          corrupt.push(await this.#quarantine(id, names, (err as Error).message));
+          if (isSystemError(err)) unreadable.push({ id, reason: err.message });
+          else corrupt.push(await this.#quarantine(id, names, (err as Error).message));
           continue;
         }
         if (!record) {
@@ -307,7 +333,18 @@ export class Spool {
       }
     };
     await Promise.all(Array.from({ length: Math.min(RECOVERY_READS, ids.length) }, worker));
-    return { loaded, removed, corrupt };
+    return { loaded, removed, corrupt, unreadable };
+  }
+
+  async #readRecordRetrying(id: string, hasState: boolean): Promise<MessageRecord | undefined> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.#readRecord(id, hasState);
+      } catch (err) {
+        if (!isSystemError(err) || attempt === READ_ATTEMPTS) throw err;
+        await sleep(READ_RETRY_PAUSE_MS * 2 ** (attempt - 1));
+      }
+    }
   }
 
   /** undefined: a message file never completed. */
@@ -387,6 +424,11 @@ function readSmallFile(path: string): Promise<Buffer> {
 }
 
 function ignore(): void {}
+
+/** An error the system returned (it names the failed call), as opposed to one found in the file's content. */
+function isSystemError(err: unknown): err is NodeJS.ErrnoException {
+  return err instanceof Error && typeof (err as NodeJS.ErrnoException).syscall === 'string';
+}
 
 function keepOpen(_fd: number, callback: (err: NodeJS.ErrnoException | null) => void): void {
   callback(null);

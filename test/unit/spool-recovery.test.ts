@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { chmod, readdir, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readdir, rename, rm, rmdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { buffer as readAll } from 'node:stream/consumers';
@@ -35,7 +35,7 @@ test('recovery in two steps: load hands over every listed message once, and none
   const result = await spool.load(listing, (r) => handed.push(r.id));
   assert.deepEqual(handed.sort(), before.map((r) => r.id).sort());
   assert.ok(!handed.includes(after.id), 'the message stored after the scan is not loaded a second time');
-  assert.deepEqual(result, { loaded: 3, removed: [], corrupt: [] });
+  assert.deepEqual(result, { loaded: 3, removed: [], corrupt: [], unreadable: [] });
 });
 
 test('load moves a damaged envelope aside and still hands over the intact ones', async (t) => {
@@ -76,6 +76,47 @@ test('a damaged envelope that cannot be moved aside is reported and left in plac
   assert.equal(corrupt[0]!.movedTo, undefined);
   assert.match(corrupt[0]!.reason, /could not be moved aside/);
   assert.ok((await readdir(spool.queueDir)).includes(`${broken.id}.json`), 'the damaged envelope is neither moved nor deleted');
+});
+
+test('a message whose files the system will not let load read stays in queue/ untouched, is reported, and loads at the next start', async (t) => {
+  const dir = await tempDir();
+  t.after(() => dir.remove());
+  const spool = await Spool.open(dir.path);
+  const good = await storeMessage(spool);
+  const plain = await storeMessage(spool);
+  const deferred = await storeMessage(spool);
+  deferred.held = true;
+  await spool.update(deferred);
+  await spool.close();
+  // A directory in a file's place: reading it fails with EISDIR, an error from the system as EMFILE or EIO
+  // would be (and, unlike a file's mode, one that stops root too), while the message itself is intact.
+  const blocked = [spool.messagePath(plain.id), spool.statePath(deferred.id)];
+  for (const path of blocked) {
+    await rename(path, `${path}.aside`);
+    await mkdir(path);
+  }
+
+  const restarted = await Spool.open(dir.path);
+  const handed: string[] = [];
+  const result = await restarted.load(await restarted.scan(), (r) => handed.push(r.id));
+  assert.deepEqual(handed, [good.id]);
+  assert.deepEqual(result.corrupt, []);
+  assert.deepEqual(result.unreadable.map((u) => u.id).sort(), [plain.id, deferred.id].sort());
+  for (const u of result.unreadable) assert.match(u.reason, /EISDIR/);
+  assert.deepEqual(await readdir(restarted.corruptDir), [], 'nothing is moved aside');
+  await restarted.close();
+
+  for (const path of blocked) {
+    await rmdir(path);
+    await rename(`${path}.aside`, path);
+  }
+  const again = await Spool.open(dir.path);
+  const loaded = new Map<string, MessageRecord>();
+  const second = await again.load(await again.scan(), (r) => loaded.set(r.id, r));
+  assert.deepEqual([...loaded.keys()].sort(), [good.id, plain.id, deferred.id].sort());
+  assert.equal(loaded.get(deferred.id)!.held, true, 'the state file is the one read');
+  assert.deepEqual({ corrupt: second.corrupt, unreadable: second.unreadable }, { corrupt: [], unreadable: [] });
+  await again.close();
 });
 
 test('a store that fails after body bytes reached the disk leaves nothing in queue/ or incoming/', async (t) => {
@@ -140,7 +181,7 @@ test('a message file never completed is removed when loaded, even one whose last
   const handed: MessageRecord[] = [];
   const result = await spool.load(await spool.scan(), (r) => handed.push(r));
   assert.deepEqual(handed, []);
-  assert.deepEqual(result, { loaded: 0, removed: [`${id}.msg`], corrupt: [] });
+  assert.deepEqual(result, { loaded: 0, removed: [`${id}.msg`], corrupt: [], unreadable: [] });
   assert.deepEqual(await readdir(spool.queueDir), []);
 
   // The same bytes marked complete would be taken at their word: the mark is what tells them apart.
