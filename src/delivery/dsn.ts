@@ -29,8 +29,12 @@ export interface DsnInput {
 }
 
 const MAX_ORIGINAL_HEADERS = 64 * 1024;
-// Keeps every generated line well under RFC 5322's 998-octet limit, field name included.
+// Keeps each delivery-status field's line well under RFC 5322's 998-octet limit, field name included. The
+// notification's text puts three such values on one line, so it is wrapped (see wrap).
 const MAX_FIELD = 900;
+// The notification's lines, as RFC 5322 recommends (2.1.1); a longer word keeps a line of its own.
+const TEXT_WIDTH = 78;
+const CONTINUATION = '    ';
 // Action is always "failed", so only the failure classes make sense (4.x.x after retries ran out).
 const ENHANCED_STATUS = /^[45]\.\d{1,3}\.\d{1,3}$/;
 
@@ -99,7 +103,7 @@ function explanation(mta: string, failed: readonly FailedRecipient[]): string {
   ];
   for (const f of failed) {
     const via = f.remoteMta ? `host ${oneLine(f.remoteMta)} said: ` : '';
-    lines.push(`${angle(oneLine(f.recipient))}: ${via}${oneLine(f.diagnostic)}`, '');
+    lines.push(wrap(`${angle(oneLine(f.recipient))}: ${via}${oneLine(f.diagnostic)}`), '');
   }
   return lines.join('\r\n');
 }
@@ -143,6 +147,26 @@ function oneLine(value: string): string {
     .replace(/[^\x20-\x7e]/g, '?')
     .trim();
   return flat.length > MAX_FIELD ? `${flat.slice(0, MAX_FIELD - 3)}...` : flat;
+}
+
+/**
+ * Wraps a line at spaces, continuation lines indented as in Postfix's bounces; replacing each CRLF and indent
+ * with a space gives the line back. A line over TEXT_WIDTH holds one word (after its indent), at most MAX_FIELD + 3
+ * characters ("<recipient>:"), so none comes near 998.
+ */
+function wrap(line: string): string {
+  const [first, ...words] = line.split(' ');
+  const lines: string[] = [];
+  let current = first!;
+  for (const word of words) {
+    if (current.length + 1 + word.length <= TEXT_WIDTH) current += ` ${word}`;
+    else {
+      lines.push(current);
+      current = CONTINUATION + word;
+    }
+  }
+  lines.push(current);
+  return lines.join('\r\n');
 }
 
 function angle(address: string): string {

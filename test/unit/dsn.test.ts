@@ -75,6 +75,11 @@ function deliveryStatusBlocks(raw: string): Map<string, string>[] {
   return part.body.replace(/\r\n$/, '').split('\r\n\r\n').map(parseFields);
 }
 
+/** The notification's text with its wrapped lines joined again. */
+function unwrap(text: string): string {
+  return text.replace(/\r\n {4}/g, ' ');
+}
+
 test('top-level headers and multipart/report structure', async () => {
   const dsn = buildDsn(input());
   const raw = dsn.toString('latin1');
@@ -95,7 +100,7 @@ test('top-level headers and multipart/report structure', async () => {
   );
   for (const p of parts) assert.ok(!p.body.includes(boundary), 'boundary occurs in content');
   assert.match(parts[0]!.body, /^This is the mail system at host smarthost\.example\./);
-  assert.match(parts[0]!.body, /<bob@example\.net>: host mx\.example\.net said: 550 5\.1\.1 <bob@example\.net>: user unknown/);
+  assert.match(unwrap(parts[0]!.body), /<bob@example\.net>: host mx\.example\.net said: 550 5\.1\.1 <bob@example\.net>: user unknown/);
   assert.match(parts[0]!.body, /<carol@example\.org>: 552 5\.2\.2 mailbox full/);
   assert.equal(parts[2]!.body, ORIGINAL_HEADERS);
 
@@ -173,6 +178,23 @@ test('a diagnostic with CRLF cannot inject a header and is kept as one ASCII lin
   assert.equal(parsed.bcc, undefined);
   assert.ok(!parsed.headers.has('bcc'));
   assert.ok(!parsed.headers.has('x-evil'));
+});
+
+test('no line exceeds 998 octets with the longest recipient, remote MTA and diagnostic, and each stays whole', () => {
+  const recipient = `${'a'.repeat(900 - '@example.net'.length)}@example.net`;
+  const remoteMta = `${'mx-'.repeat(300)}example.net`.slice(-900);
+  // Words, then one token longer than a wrapped line may be, 900 characters in all (the most that is kept).
+  const diagnostic = `550 5.7.1 ${'Message rejected by policy. '.repeat(24)}ref=${'0123456789'.repeat(20)}`.padEnd(900, 'x');
+  assert.deepEqual([recipient.length, remoteMta.length, diagnostic.length], [900, 900, 900]);
+  const raw = buildDsn(input({ reportingMta: 'r'.repeat(900), failed: [{ recipient, status: '5.7.1', diagnostic, remoteMta }] })).toString('latin1');
+
+  const lengths = raw.split('\r\n').map((line) => line.length);
+  assert.ok(Math.max(...lengths) <= 998, `longest line: ${Math.max(...lengths)} octets`);
+  const [, report] = deliveryStatusBlocks(raw);
+  assert.equal(report?.get('final-recipient'), `rfc822; ${recipient}`);
+  assert.equal(report?.get('remote-mta'), `dns; ${remoteMta}`);
+  assert.equal(report?.get('diagnostic-code'), `smtp; ${diagnostic}`);
+  assert.ok(unwrap(splitRaw(raw).parts[0]!.body).includes(`<${recipient}>: host ${remoteMta} said: ${diagnostic}\r\n`), 'the whole line, unwrapped');
 });
 
 test('a malformed status falls back to 5.0.0', () => {
