@@ -241,17 +241,21 @@ export class Daemon {
       throw err;
     }
     const { config, changed, restartRequired } = plan;
-    // Certificates first: one that cannot be read refuses the whole reload.
+    // Certificates first, every listener's loaded before any is put in force: one that cannot be loaded refuses
+    // the whole reload and leaves every listener on its old certificate.
+    const tlsUpdates: (() => void)[] = [];
     if (!restartRequired.includes('listeners')) {
-      try {
-        this.listeners.forEach((l, i) => {
-          const tls = config.listeners[i]!.tls;
-          if (tls) l.updateTls(tls);
-        });
-      } catch (err) {
-        return refuse(`cannot load a TLS certificate: ${(err as Error).message}`);
+      for (const [i, listener] of this.listeners.entries()) {
+        const tls = config.listeners[i]!.tls;
+        if (!tls) continue;
+        try {
+          tlsUpdates.push(listener.prepareTls(tls));
+        } catch (err) {
+          return refuse(`cannot load the TLS certificate listeners[${i}].tls.cert (${tls.cert}) with listeners[${i}].tls.key (${tls.key}): ${(err as Error).message}`);
+        }
       }
     }
+    for (const putInForce of tlsUpdates) putInForce();
     this.live.users = new LocalUsers(config.users);
     this.live.suppression = { list: this.suppression, ...config.suppression };
     this.live.config = config;

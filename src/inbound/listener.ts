@@ -1,7 +1,9 @@
 import { readFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
+import { createSecureContext } from 'node:tls';
 import { SMTPServer, type SMTPServerAddress, type SMTPServerDataStream, type SMTPServerOptions, type SMTPServerSession } from 'smtp-server';
+import smtpServerTlsOptions from 'smtp-server/lib/tls-options.js';
 import type { ListenerConfig } from '../config/schema.js';
 import type { Logger } from '../log.js';
 import type { Config } from '../config/schema.js';
@@ -198,11 +200,20 @@ export class Listener {
   }
 
   /**
-   * Loads new TLS certificates (reload): new connections and STARTTLS use them, sessions in progress keep theirs.
-   * Only the certificate files and minVersion change here; turning TLS on or off needs a restart.
+   * Loads new TLS certificates (reload) and returns the step that puts them in force: new connections and
+   * STARTTLS use them, sessions in progress keep theirs. Only the certificate files and minVersion change here;
+   * turning TLS on or off needs a restart. A certificate that does not match its key (a renewal caught half-way)
+   * throws here with the running context untouched; smtp-server's updateSecureContext would have dropped it
+   * first and left STARTTLS failing every handshake.
    */
-  updateTls(tls: NonNullable<ListenerConfig['tls']>): void {
-    this.server.updateSecureContext({ key: readFileSync(tls.key), cert: readFileSync(tls.cert), minVersion: tls.minVersion });
+  prepareTls(tls: NonNullable<ListenerConfig['tls']>): () => void {
+    const options = { key: readFileSync(tls.key), cert: readFileSync(tls.cert), minVersion: tls.minVersion };
+    // The options smtp-server's updateSecureContext would build the context from.
+    const context = createSecureContext(smtpServerTlsOptions({ ...this.server.options, ...options }));
+    return () => {
+      Object.assign(this.server.options, options);
+      this.server.secureContext = new Map([['*', context]]);
+    };
   }
 
   #serverDisabledCommands(): string[] {

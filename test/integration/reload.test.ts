@@ -1,18 +1,23 @@
 /**
  * Reload (SIGHUP and `smarthost reload`) while a client is connected: a valid new config takes effect (a new
  * user can log in, a new route carries mail) and the connection stays up; an invalid one is refused with its
- * error and the old config stays in force; an upstream change is reported as needing a restart.
+ * error and the old config stays in force; an upstream change is reported as needing a restart; a certificate
+ * that does not match its key is refused and the old certificate keeps serving STARTTLS.
  */
 import assert from 'node:assert/strict';
-import { readdir, writeFile } from 'node:fs/promises';
+import { X509Certificate } from 'node:crypto';
+import { copyFile, readdir, writeFile } from 'node:fs/promises';
 import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import { connect as tlsConnect } from 'node:tls';
 import nodemailer from 'nodemailer';
 import { stringify } from 'yaml';
 import { hashPassword } from '../../src/inbound/passwords.js';
 import { CLI, spawnDaemon, tempDir, testConfig } from '../helpers/daemon.js';
+import { freePort } from '../helpers/net.js';
 import { run } from '../helpers/packaging.js';
+import { makeSeparateCertificate } from '../helpers/tls.js';
 
 /** One SMTP connection kept open across the reloads: each command answers its complete reply. */
 async function openSession(port: number): Promise<{ command(line: string): Promise<string>; socket: Socket }> {
@@ -125,4 +130,52 @@ test('a user removed by a reload can no longer send from a session that authenti
   assert.match(await session.command('MAIL FROM:<scanner@origin.test>'), /^530 5\.7\.0 Authentication required: this user is no longer configured\r\n$/);
   assert.match(await session.command('MAIL FROM:<ceo@contoso.com>'), /^530 5\.7\.0 /);
   await daemon.waitForOutput(/"event":"smtp.refused".*"user":"scanner","reason":"user no longer configured"/);
+});
+
+/** Upgrades a new connection with STARTTLS; resolves with the SHA-256 fingerprint of the certificate presented. */
+async function starttlsFingerprint(port: number): Promise<string> {
+  const session = await openSession(port);
+  assert.match(await session.command('EHLO client.test'), /^250-/);
+  assert.match(await session.command('STARTTLS'), /^220 /);
+  session.socket.removeAllListeners('data');
+  return new Promise((resolve, reject) => {
+    const secure = tlsConnect({ socket: session.socket, servername: 'localhost', rejectUnauthorized: false }, () => {
+      resolve(secure.getPeerCertificate().fingerprint256);
+      secure.destroy();
+    });
+    secure.once('error', reject);
+  });
+}
+
+test('a reload with a certificate that does not match its key is refused and STARTTLS keeps the old certificate', async (t) => {
+  const dir = await tempDir();
+  t.after(() => dir.remove());
+  const [before, after] = await Promise.all([makeSeparateCertificate(), makeSeparateCertificate()]);
+  const fingerprint = (c: { cert: Buffer }) => new X509Certificate(c.cert).fingerprint256;
+  const certPath = join(dir.path, 'cert.pem');
+  const keyPath = join(dir.path, 'key.pem');
+  await Promise.all([copyFile(before.certPath, certPath), copyFile(before.keyPath, keyPath)]);
+  const listener = { name: 'relay', role: 'relay', host: '127.0.0.1', port: await freePort(), networks: ['127.0.0.1/32'], tls: { cert: certPath, key: keyPath } };
+  const config = await testConfig({ dir: dir.path, listeners: [listener] });
+  const daemon = await spawnDaemon(config, dir.path);
+  t.after(async () => {
+    daemon.proc.kill('SIGTERM');
+    await daemon.exited;
+  });
+  const configFile = join(dir.path, (await readdir(dir.path)).find((f) => /^config-\d+\.yaml$/.test(f))!);
+  const reload = () => run(process.execPath, [CLI, '--config', configFile, 'reload'], { timeoutMs: 20_000 });
+  const port = (config.listeners as { port: number }[])[0]!.port;
+  assert.equal(await starttlsFingerprint(port), fingerprint(before));
+
+  // A renewal caught half-way: the new certificate is in place, its key is not yet.
+  await copyFile(after.certPath, certPath);
+  let r = await reload();
+  assert.equal(r.code, 1, r.stdout);
+  assert.match(r.stderr, /configuration not reloaded, the old one stays in force: .*listeners\[0\]\.tls\.key .*key values mismatch/);
+  assert.equal(await starttlsFingerprint(port), fingerprint(before), 'the old certificate still serves STARTTLS');
+
+  await copyFile(after.keyPath, keyPath);
+  r = await reload();
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(await starttlsFingerprint(port), fingerprint(after));
 });
