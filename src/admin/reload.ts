@@ -40,10 +40,12 @@ export function planReload(old: Readonly<Config>, next: Readonly<Config>): Reloa
   }
 
   // The running upstreams and listeners stay; a rule that names one only the new config has cannot work yet.
+  // Listeners' own upstreams need no check: a changed listener waits for a restart. Upstreams that name another
+  // (mailjet's smtpFallback) are restart-only as a whole.
   const upstreams = old.upstreams;
   const missing = [
     next.routing.default,
-    ...next.routing.routes.map((r) => r.upstream),
+    ...next.routing.routes.flatMap((r) => [r.upstream, ...r.fallbacks]),
     ...next.users.flatMap((u) => (u.upstream ? [u.upstream] : [])),
   ].filter((u) => !Object.hasOwn(upstreams, u));
   if (missing.length > 0) {

@@ -7,13 +7,13 @@ import { test } from 'node:test';
 import { planReload } from '../../src/admin/reload.js';
 import { parseConfig } from '../../src/config/load.js';
 
-function config(o: { pass?: string; redis?: string; routes?: unknown[] } = {}) {
+function config(o: { pass?: string; redis?: string; routes?: unknown[]; upstreams?: Record<string, unknown> } = {}) {
   return parseConfig(
     JSON.stringify({
       spool: { dir: '/tmp/spool' },
       state: { dir: '/tmp/state', ...(o.redis ? { redis: { url: o.redis } } : {}) },
       listeners: [{ name: 'relay', role: 'relay', port: 2525 }],
-      upstreams: { mail: { type: 'smtp', host: 'mail.example.net', auth: { user: 'relay', pass: o.pass ?? 'one' } } },
+      upstreams: { mail: { type: 'smtp', host: 'mail.example.net', auth: { user: 'relay', pass: o.pass ?? 'one' } }, ...o.upstreams },
       routing: { default: 'mail', routes: o.routes ?? [] },
     }),
   );
@@ -41,4 +41,13 @@ test('routes take effect now', () => {
   assert.deepEqual(plan.changed, ['routing']);
   assert.deepEqual(plan.restartRequired, []);
   assert.equal(plan.config.routing.routes[0]?.name, 'scans');
+});
+
+test('a route whose fallback names an upstream that is not running yet is refused', () => {
+  const upstreams = { newbox: { type: 'outbox', dir: '/tmp/newbox' } };
+  const routes = [{ name: 'scans', match: { sender: '@printer.local' }, upstream: 'mail', fallbacks: ['newbox'] }];
+  assert.throws(() => planReload(config(), config({ upstreams, routes })), {
+    name: 'ReloadRefused',
+    message: 'the new config routes mail to upstream newbox, which is not running yet: restart smarthost to add upstreams',
+  });
 });
