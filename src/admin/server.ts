@@ -118,7 +118,13 @@ export class AdminServer {
   }
 
   async #dispatch(route: Route, parts: string[], req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
-    const params = route.parts.flatMap((p, i) => (p.startsWith(':') ? [decodeURIComponent(parts[i]!)] : []));
+    let params: string[];
+    try {
+      params = route.parts.flatMap((p, i) => (p.startsWith(':') ? [decodeURIComponent(parts[i]!)] : []));
+    } catch {
+      // decodeURIComponent's URIError is the client's mistake, not a failure of the API.
+      return send(res, 400, { error: `${url.pathname} has a malformed percent-escape: each % must start a %XX escape of UTF-8` });
+    }
     let body: Record<string, unknown> = {};
     try {
       body = await readJson(req);

@@ -1,6 +1,6 @@
 /**
  * The admin listener's /metrics after a scripted scenario: messages accepted, refused, delivered, deferred and
- * bounced, each counter checked for its exact value; /healthz, /readyz and the token on /api/.
+ * bounced, each counter checked for its exact value; /healthz, /readyz, the token on /api/ and a malformed /api/ path.
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
@@ -106,6 +106,19 @@ test('/healthz answers ok, /readyz is ready while listeners are up, and /api/ ne
   assert.equal(wrong.status, 400);
   // The token never reaches a log line.
   assert.ok(!JSON.stringify(relay.logs()).includes('sesame-token'));
+});
+
+test('an /api/ path with a malformed percent-escape is answered 400, and no error is logged', async (t) => {
+  const dir = await tempDir();
+  t.after(() => dir.remove());
+  const relay = await startInProcess(await testConfig({ dir: dir.path }));
+  t.after(() => relay.stop());
+  const reply = await httpGet(relay.daemon.admin!.port, '/api/queue/%E0%A4%A');
+  assert.deepEqual({ status: reply.status, body: JSON.parse(reply.body) }, {
+    status: 400,
+    body: { error: '/api/queue/%E0%A4%A has a malformed percent-escape: each % must start a %XX escape of UTF-8' },
+  });
+  assert.deepEqual(relay.logs().filter((l) => l.level === 'error' || l.level === 'fatal'), []);
 });
 
 test('/readyz fails when the spool file system has less free space than admin.minFreeBytes', async (t) => {
