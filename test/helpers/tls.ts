@@ -1,6 +1,6 @@
 /**
- * Self-signed test certificate for localhost / 127.0.0.1, generated once per
- * process with the openssl CLI and cached.
+ * Self-signed test certificates for localhost / 127.0.0.1, made with the openssl CLI: one shared per process
+ * (makeTestCertificate), or a new one per call for tests that need several unrelated issuers.
  */
 import { execFile } from 'node:child_process';
 import { mkdtemp, readFile } from 'node:fs/promises';
@@ -21,7 +21,8 @@ export interface TestCertificate {
 
 let cached: Promise<TestCertificate> | undefined;
 
-async function generate(): Promise<TestCertificate> {
+/** A new self-signed certificate for localhost and 127.0.0.1, its own CA, named `commonName`. */
+export async function makeSelfSignedCertificate(commonName: string): Promise<TestCertificate> {
   const dir = await mkdtemp(join(tmpdir(), 'smarthost-test-tls-'));
   // Best-effort cleanup of the temp dir when the process exits.
   process.once('exit', () => {
@@ -42,7 +43,7 @@ async function generate(): Promise<TestCertificate> {
     '-days',
     '2',
     '-subj',
-    '/CN=localhost',
+    `/CN=${commonName}`,
     '-addext',
     'subjectAltName=DNS:localhost,IP:127.0.0.1',
     '-keyout',
@@ -56,7 +57,7 @@ async function generate(): Promise<TestCertificate> {
 
 export async function makeTestCertificate(): Promise<TestCertificate> {
   if (!cached) {
-    cached = generate();
+    cached = makeSelfSignedCertificate('localhost');
     // Do not cache a failure: a later call may retry.
     cached.catch(() => {
       cached = undefined;

@@ -5,6 +5,7 @@
  */
 import http from 'node:http';
 import https from 'node:https';
+import { secureContextTrusting } from '../oauth/trusted-cas.js';
 
 export interface HttpAnswer {
   status: number;
@@ -33,10 +34,11 @@ class TimeoutError extends Error {
   override name = 'TimeoutError';
 }
 
+/** `ca`: PEM certificates trusted besides Node's default CAs (the app's caFile). */
 export function nodeHttp(options: { ca?: string } = {}): NodeHttp {
   const agents = {
     http: new http.Agent({ keepAlive: true }),
-    https: new https.Agent({ keepAlive: true, ...(options.ca ? { ca: options.ca } : {}) }),
+    https: new https.Agent({ keepAlive: true, ...(options.ca ? { secureContext: secureContextTrusting(options.ca) } : {}) }),
   };
   const send: HttpSend = (url, init) =>
     new Promise((resolve, reject) => {

@@ -1,5 +1,6 @@
 import https from 'node:https';
 import type { INetworkModule, NetworkRequestOptions, NetworkResponse } from '@azure/msal-node';
+import { secureContextTrusting } from './trusted-cas.js';
 
 const DEFAULT_TIMEOUT_MS = 30_000;
 
@@ -8,7 +9,13 @@ const DEFAULT_TIMEOUT_MS = 30_000;
  * (a TLS-inspecting proxy, or the test identity provider on loopback). Bodies are JSON both ways round.
  */
 export class HttpsNetworkClient implements INetworkModule {
-  constructor(private readonly options: { ca?: string; timeoutMs?: number } = {}) {}
+  /** With extra CAs, an agent of its own: the global agent would hand its connections to clients trusting others. */
+  readonly #agent: https.Agent | undefined;
+
+  /** `ca`: PEM certificates trusted besides Node's default CAs (the app's caFile). */
+  constructor(private readonly options: { ca?: string; timeoutMs?: number } = {}) {
+    this.#agent = options.ca ? new https.Agent({ keepAlive: true, secureContext: secureContextTrusting(options.ca) }) : undefined;
+  }
 
   sendGetRequestAsync<T>(url: string, options?: NetworkRequestOptions, timeout?: number): Promise<NetworkResponse<T>> {
     return this.#request<T>('GET', url, options, timeout);
@@ -26,7 +33,7 @@ export class HttpsNetworkClient implements INetworkModule {
         {
           method,
           headers: { ...(options?.headers ?? {}), ...(body !== undefined ? { 'content-length': String(Buffer.byteLength(body)) } : {}) },
-          ...(this.options.ca ? { ca: this.options.ca } : {}),
+          ...(this.#agent ? { agent: this.#agent } : {}),
           timeout: timeout ?? this.options.timeoutMs ?? DEFAULT_TIMEOUT_MS,
         },
         (res) => {
