@@ -13,12 +13,17 @@
  *   202, needs Mail.Send.
  * - Add attachment (POST .../attachments, a fileAttachment with base64 contentBytes).
  * - attachment: createUploadSession (https://learn.microsoft.com/graph/api/attachment-createuploadsession) for
- *   3 MB to 150 MB, then PUT ranges to the pre-authenticated uploadUrl without Authorization, Content-Range
- *   "bytes {start}-{end}/{total}", in order; 200 with nextExpectedRanges, the last 201 with Location
- *   (https://learn.microsoft.com/graph/outlook-large-attachments); a file under 3 MB is refused with
- *   ErrorAttachmentSizeShouldNotBeLessThanMinimumSize.
- * - Request size: 413 when a request body passes 4 MB ("The maximum request length supported is 4MB"),
- *   taken as 4 MiB.
+ *   files "between 3 MB and 150 MB", then PUT ranges to the pre-authenticated uploadUrl without Authorization,
+ *   Content-Range "bytes {start}-{end}/{total}", in order; 200 with nextExpectedRanges, the last 201 with
+ *   Location (https://learn.microsoft.com/graph/outlook-large-attachments). A file under 2 MiB is refused with
+ *   ErrorAttachmentSizeShouldNotBeLessThanMinimumSize: Microsoft gives no exact minimum, and 2,097,152 bytes is
+ *   what a user measured against Graph in 2020 (https://github.com/microsoftgraph/msgraph-sdk-java/pull/52).
+ *   A file just under 3 MB cannot be POSTed within 4,000,000 bytes (its base64 alone is about that), so a
+ *   session must take it.
+ * - Request size: 413 when a request body passes 4 MB ("The maximum request length supported is 4MB", the
+ *   413 of user: sendMail, https://learn.microsoft.com/graph/api/user-sendmail), taken in decimal as
+ *   4,000,000 bytes. Microsoft never says which MB it means ("up to 4 MB each time" for upload ranges, "4 MB"
+ *   for MIME payloads); the decimal reading is the stricter, so what passes here passes either.
  * - Throttling (https://learn.microsoft.com/graph/throttling, throttling-limits#outlook-service-limits): 429
  *   with Retry-After, including when a mailbox has more than 4 requests in flight ("Application is over its
  *   MailboxConcurrency limit."), and 503 with Retry-After on command.
@@ -34,8 +39,8 @@ import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { simpleParser, type AddressObject } from 'mailparser';
 
-export const FAKE_REQUEST_LIMIT = 4 * 1024 * 1024;
-const MIN_UPLOAD_SESSION = 3 * 1024 * 1024;
+export const FAKE_REQUEST_LIMIT = 4_000_000;
+const MIN_UPLOAD_SESSION = 2 * 1024 * 1024;
 const MAX_UPLOAD_SESSION = 150 * 1024 * 1024;
 const DELETE_AFTER_SUBMIT = 'boolean 0x0e01';
 

@@ -81,7 +81,7 @@ test('a large message goes through a draft: small attachments in it, large ones 
   const fake = await fakeFor(t);
   const graph = upstreamFor(t, fake.baseUrl, undefined, { saveToSentItems: false });
   const big = scanBytes(9 * 1024 * 1024 + 123);
-  const mid = scanBytes(3_050_000); // over 3,000,000 but under 3 MiB: the fake refuses a session, so it is POSTed
+  const mid = scanBytes(3_050_000);
   const small = scanBytes(200_000);
   const logo = scanBytes(30_000);
   const raw = await buildMessage({
@@ -114,7 +114,7 @@ test('a large message goes through a draft: small attachments in it, large ones 
   assert.equal(byName.get('scan.pdf')!.via, 'upload');
   assert.equal(byName.get('scan.pdf')!.contentType, 'application/pdf');
   assert.equal(sha256(byName.get('mid.pdf')!.content), sha256(mid));
-  assert.equal(byName.get('mid.pdf')!.via, 'post');
+  assert.equal(byName.get('mid.pdf')!.via, 'upload');
   assert.equal(sha256(byName.get('small.txt')!.content), sha256(small));
   assert.equal(byName.get('small.txt')!.via, 'draft');
   assert.deepEqual([byName.get('logo.png')!.isInline, byName.get('logo.png')!.contentId], [true, 'logo@contoso']);
@@ -122,16 +122,46 @@ test('a large message goes through a draft: small attachments in it, large ones 
   assert.equal(byName.get('scan.pdf')!.isInline, false);
 
   const puts = fake.requests.filter((r) => r.method === 'PUT');
-  assert.equal(puts.length, Math.ceil(big.length / (12 * 320 * 1024)));
+  assert.equal(puts.length, Math.ceil(big.length / (12 * 320 * 1024)) + 1, 'scan.pdf in ranges, mid.pdf in one');
   assert.ok(puts.every((p) => !p.authorization), 'upload URLs get no Authorization header');
   assert.equal(fake.oversizedRequests, 0);
-  assert.ok(fake.maxRequestBytes < FAKE_REQUEST_LIMIT, `largest request ${fake.maxRequestBytes}`);
-  // Only the fallback for mid.pdf (refused a session as under 3 MiB) passes smarthost's own 4,000,000 ceiling.
-  const over = fake.requests.filter((r) => r.bodyBytes > 4_000_000);
-  assert.deepEqual(over.map((r) => `${r.method} ${r.path.split('/').pop()}`), ['POST attachments']);
-  assert.ok(fake.requests.some((r) => r.path.endsWith('/createUploadSession') && r.status === 400), 'the session for mid.pdf was refused first');
+  assert.ok(fake.maxRequestBytes <= FAKE_REQUEST_LIMIT, `largest request ${fake.maxRequestBytes}`);
   assert.equal(fake.drafts.size, 0, 'the draft was sent, none left');
   assert.equal(req.opened, 2, 'read twice: plan, then upload (never the MIME path for a message this size)');
+});
+
+test('attachments near 3,000,000 bytes: POSTed while the whole request fits 4,000,000 bytes, long names counted; just under 3,000,000 by upload session', async (t) => {
+  const fake = await fakeFor(t);
+  const graph = upstreamFor(t, fake.baseUrl);
+  // 2,999,800 bytes are 3,999,736 in base64: with a short name the POST fits, with a long one it does not.
+  const fits = scanBytes(2_999_800);
+  const longName = `${'Prüfbericht Größenänderung '.repeat(12)}.pdf`;
+  const named = scanBytes(2_999_800);
+  // 2,999,990 bytes are 3,999,988 in base64: no JSON around them fits.
+  const near = scanBytes(2_999_990);
+  const raw = await buildMessage({
+    to: 'alice@dest.test',
+    text: 'three scans',
+    attachments: [
+      { filename: 'fits.pdf', content: fits },
+      { filename: longName, content: named },
+      { filename: 'near.pdf', content: near },
+    ],
+  });
+  assertAllDelivered(await graph.deliver(requestFor(raw, ['alice@dest.test'])), ['alice@dest.test']);
+
+  const byName = new Map(fake.deliveries[0]!.attachments.map((a) => [a.name, a]));
+  assert.deepEqual(
+    [...byName].map(([name, a]) => [name, a.via, sha256(a.content)]),
+    [
+      ['fits.pdf', 'post', sha256(fits)],
+      [longName, 'upload', sha256(named)],
+      ['near.pdf', 'upload', sha256(near)],
+    ],
+  );
+  assert.equal(fake.oversizedRequests, 0, 'no request passed 4,000,000 bytes (413)');
+  const post = fake.requests.find((r) => r.method === 'POST' && r.path.endsWith('/attachments'))!;
+  assert.ok(post.bodyBytes > 3_999_800, `fits.pdf's POST of ${post.bodyBytes} bytes is near the limit, not kept far below it`);
 });
 
 test('429 with Retry-After defers for that long; the draft of a failed large send is deleted', async (t) => {

@@ -7,10 +7,11 @@
  *    custom x- headers, the recipients made exact (recipients.ts), and every attachment's decoded size. Small
  *    attachments ride in the draft's POST while it stays under the request limit.
  * 2. POST /users/{mailbox}/messages creates the draft.
- * 3. Second read: every other attachment, under 3 MB by POST .../messages/{id}/attachments, otherwise by an
- *    upload session (POST .../attachments/createUploadSession, then PUT ranges of UPLOAD_CHUNK bytes to its
- *    pre-authenticated uploadUrl, without Authorization; 200 with nextExpectedRanges until the last range, 201
- *    with Location: https://learn.microsoft.com/graph/outlook-large-attachments).
+ * 3. Second read: every other attachment, by POST .../messages/{id}/attachments while that request fits
+ *    MAX_REQUEST_BODY, otherwise by an upload session (POST .../attachments/createUploadSession, then PUT
+ *    ranges of UPLOAD_CHUNK bytes to its pre-authenticated uploadUrl, without Authorization; 200 with
+ *    nextExpectedRanges until the last range, 201 with Location:
+ *    https://learn.microsoft.com/graph/outlook-large-attachments).
  * 4. POST .../messages/{id}/send. On any failure after step 2 the draft is deleted (best effort).
  *
  * Graph rebuilds the MIME from these properties, so unlike the MIME path the message is re-encoded; headers
@@ -23,7 +24,7 @@ import { SmtpError } from '../../smtp-error.js';
 import type { Mailbox } from '../../rewrite/header-block.js';
 import type { GraphClient } from './client.js';
 import { GraphHttpError } from './errors.js';
-import { base64Length, GRAPH_REQUEST_LIMIT, MAX_ATTACHMENT, MAX_REQUEST_BODY, MAX_SIMPLE_ATTACHMENT, UPLOAD_CHUNK } from './limits.js';
+import { base64Length, GRAPH_REQUEST_LIMIT, MAX_ATTACHMENT, MAX_REQUEST_BODY, UPLOAD_CHUNK } from './limits.js';
 import { headerValues, mailboxes, measure, parseMessage } from './message-parts.js';
 import { planRecipients, type RecipientPlan } from './recipients.js';
 
@@ -70,7 +71,7 @@ export async function planDraft(open: () => Readable, envelope: readonly string[
   const attachments: AttachmentInfo[] = [];
   let budget = DRAFT_ATTACHMENT_BUDGET;
   const { headerLines, text } = await parseMessage(open(), async (a, index) => {
-    const { size, bytes } = await measure(a.content, (n) => n <= Math.min(MAX_SIMPLE_ATTACHMENT, budget));
+    const { size, bytes } = await measure(a.content, (n) => n <= budget);
     if (size > MAX_ATTACHMENT) {
       throw new SmtpError(552, '5.3.4', `attachment ${describe(a, index)} is ${size} bytes; Graph takes attachments up to ${MAX_ATTACHMENT} bytes`);
     }
@@ -133,6 +134,11 @@ function fileAttachment(a: AttachmentInfo): Record<string, unknown> {
   };
 }
 
+/** Bytes of the POST .../attachments request for `a`: its JSON, plus the base64, which JSON never escapes. */
+function attachmentPostBytes(a: AttachmentInfo): number {
+  return Buffer.byteLength(JSON.stringify(fileAttachment({ ...a, bytes: Buffer.alloc(0) }))) + base64Length(a.size);
+}
+
 function subjectOf(lines: Parameters<typeof headerValues>[0]): string {
   const raw = headerValues(lines, 'subject')[0];
   if (raw === undefined) return '';
@@ -191,7 +197,7 @@ async function uploadAttachments(client: GraphClient, mailbox: string, draft: st
       for await (const skipped of a.content) void skipped;
       return;
     }
-    if (info.size <= MAX_SIMPLE_ATTACHMENT) {
+    if (attachmentPostBytes(info) <= MAX_REQUEST_BODY) {
       const { size, bytes } = await measure(a.content, () => true);
       checkSize(info, size);
       const body = JSON.stringify(fileAttachment({ ...info, bytes: bytes! }));
@@ -220,10 +226,10 @@ async function uploadSession(client: GraphClient, mailbox: string, draft: string
       body: JSON.stringify({ AttachmentItem: item }),
     });
   } catch (err) {
-    // "3 MB" may be meant as 3 MiB: an attachment between 3,000,000 and 3 MiB bytes is then too small for a
-    // session, and is POSTed instead while its base64 still fits one request.
+    // Graph does not state its smallest session exactly ("between 3 MB and 150 MB"). Refusing this one means
+    // its MB is larger than read here, so the request limit is read as 4 MiB for this one POST.
     if (!(err instanceof GraphHttpError && err.code === 'ErrorAttachmentSizeShouldNotBeLessThanMinimumSize')) throw err;
-    if (base64Length(info.size) + 4096 > GRAPH_REQUEST_LIMIT) throw err;
+    if (attachmentPostBytes(info) > GRAPH_REQUEST_LIMIT) throw err;
     const { size, bytes } = await measure(content, () => true);
     checkSize(info, size);
     const body = JSON.stringify(fileAttachment({ ...info, bytes: bytes! }));

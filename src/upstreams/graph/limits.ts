@@ -7,13 +7,16 @@
  *   The limit is taken as 4 MiB, but smarthost stays under 4,000,000 bytes so either reading holds.
  * - sendMail in MIME format takes the whole message base64-encoded as the request body (Content-Type
  *   text/plain): a message fits when 4 * ceil(size / 3) <= 4,000,000, i.e. up to 3,000,000 bytes.
- * - Anything larger goes through a draft: attachments under 3 MB are POSTed to the draft's attachments
- *   (base64 in JSON), those of 3 MB to 150 MB through an upload session, in ranges "up to 4 MB each time"
+ * - Anything larger goes through a draft. Graph says to POST a file "under 3 MB" to the draft's attachments
+ *   (base64 in JSON) and to use an upload session "between 3 MB and 150 MB", in ranges "up to 4 MB each time"
  *   (https://learn.microsoft.com/graph/api/attachment-createuploadsession,
- *   https://learn.microsoft.com/graph/outlook-large-attachments).
+ *   https://learn.microsoft.com/graph/outlook-large-attachments). But base64 makes 3,000,000 bytes exactly
+ *   4,000,000 before the JSON around it, so the POST is used only while that whole request fits
+ *   MAX_REQUEST_BODY (attachments up to about 2,999,900 bytes, fewer with a long name), and an upload session
+ *   above that.
  */
 
-/** What Graph refuses with 413; the fake enforces exactly this. */
+/** 4 MB read as 4 MiB: what a request may carry if Graph counts in binary; only ever a last resort. */
 export const GRAPH_REQUEST_LIMIT = 4 * 1024 * 1024;
 
 /** smarthost's own ceiling for any request body it builds: under 4 MB in both decimal and binary readings. */
@@ -21,9 +24,6 @@ export const MAX_REQUEST_BODY = 4_000_000;
 
 /** Largest message sent as base64 MIME in one sendMail (base64 of it is exactly MAX_REQUEST_BODY). */
 export const MAX_MIME_MESSAGE = (MAX_REQUEST_BODY / 4) * 3;
-
-/** Largest attachment POSTed in one request as base64 JSON; larger ones use an upload session. */
-export const MAX_SIMPLE_ATTACHMENT = 3_000_000;
 
 /** Largest attachment an upload session takes. */
 export const MAX_ATTACHMENT = 150 * 1024 * 1024;
