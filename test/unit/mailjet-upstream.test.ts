@@ -9,6 +9,7 @@ import { test, type TestContext } from 'node:test';
 import { parseConfig } from '../../src/config/load.js';
 import { createLogger } from '../../src/log.js';
 import { SmtpError } from '../../src/smtp-error.js';
+import { postSend } from '../../src/upstreams/mailjet/api.js';
 import type { MailjetUpstreamConfig } from '../../src/upstreams/mailjet/config.js';
 import { MailjetUpstream } from '../../src/upstreams/mailjet/mailjet.js';
 import type { DeliveryRequest, RecipientOutcome, Upstream } from '../../src/upstreams/upstream.js';
@@ -153,6 +154,35 @@ test('Mailjet unreachable: every recipient deferred with 4.4.1', async (t) => {
   t.after(() => upstream.close());
   const [outcome] = await upstream.deliver(deliveryRequest(await compose({ from: 'a@o.test', to: 'a@dest.test', subject: 'x', text: 'y' }), ['a@dest.test']));
   assert.match(failed(outcome).reply, /^451 4\.4\.1 cannot reach Mailjet at 127\.0\.0\.1:\d+: ECONNREFUSED/);
+});
+
+test('a Bcc-only message goes as its per-recipient copies in calls of at most batch.maxBytes; a failed call defers the copies not sent yet', async (t) => {
+  const fake = await fakeFor(t);
+  // Each copy carries the 400 kB attachment (533 kB as base64): two would not fit into 1 MB.
+  const upstream = upstreamFor(t, fake, { batch: { window: 0, maxBytes: '1MB' } });
+  const raw = await compose({ from: 'scans@contoso.test', to: 'undisclosed-recipients:;', subject: 'scan', text: 'x', attachments: [{ filename: 'scan.pdf', content: Buffer.alloc(400_000, 7) }] });
+  const recipients = ['r0@dest.test', 'r1@dest.test', 'r2@dest.test'];
+
+  const outcomes = await upstream.deliver(deliveryRequest(raw, recipients));
+  assert.deepEqual(outcomes.map((o) => [o.recipient, o.delivered]), recipients.map((r) => [r, true]));
+  assert.deepEqual(fake.calls.map((c) => c.messages.map((m) => (m.To as { Email: string }[])[0]!.Email)), recipients.map((r) => [r]), 'one copy per call');
+  for (const call of fake.calls) assert.ok(Buffer.byteLength(JSON.stringify({ Messages: call.messages })) <= 1_000_000, 'no call over batch.maxBytes');
+
+  fake.failNext(1, 503);
+  const deferred = await upstream.deliver(deliveryRequest(raw, recipients));
+  for (const outcome of deferred) assert.match(failed(outcome).reply, /^451 .*HTTP 503/);
+  assert.equal(fake.calls.length, recipients.length + 1, 'the copies after the failed call were not sent');
+});
+
+test('a Send API request too large to build is refused for good (552), not deferred to fail the same way again', async (t) => {
+  const fake = await fakeFor(t);
+  const config = mailjetConfig({ baseUrl: fake.baseUrl });
+  // What JSON.stringify throws past V8's longest string, without building one.
+  const unbuildable = { From: { Email: 'a@o.test' }, To: [{ Email: 'b@dest.test' }], toJSON: () => { throw new RangeError('Invalid string length'); } };
+  const answer = await postSend(config, [unbuildable]);
+  assert.ok('error' in answer, 'an error for the call');
+  assert.match(answer.error.reply, /^552 5\.3\.4 message too large for a Send API request: Invalid string length$/);
+  assert.equal(fake.calls.length, 0, 'nothing was sent');
 });
 
 /** An upstream that records what it was asked to deliver. */

@@ -40,7 +40,14 @@ export interface SendApiSettings {
 export async function postSend(settings: SendApiSettings, messages: MjMessage[], o: { fetch?: typeof fetch; stop?: AbortSignal } = {}): Promise<CallAnswer> {
   const fetchImpl = o.fetch ?? fetch;
   const url = `${settings.baseUrl}/v3.1/send`;
-  const body = JSON.stringify({ Messages: messages, ...(settings.sandboxMode ? { SandboxMode: true } : {}) });
+  let body: string;
+  try {
+    body = JSON.stringify({ Messages: messages, ...(settings.sandboxMode ? { SandboxMode: true } : {}) });
+  } catch (err) {
+    // A body longer than V8's longest string (RangeError: Invalid string length). A call is that large only
+    // when one message alone is (mailjet.ts keeps the rest under batch.maxBytes): it fails so every time.
+    return { error: new SmtpError(552, '5.3.4', `message too large for a Send API request: ${String((err as Error).message)}`, { cause: err }), alert: false };
+  }
   let response: Response;
   let text: string;
   try {

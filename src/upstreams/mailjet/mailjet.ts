@@ -10,7 +10,7 @@ import type { Logger } from '../../log.js';
 import { SmtpError } from '../../smtp-error.js';
 import type { DeliveryRequest, ProbeOptions, ProbeStep, RecipientOutcome, Upstream } from '../upstream.js';
 import { postSend, type CallAnswer, type MjResult, type MjResultRecipient } from './api.js';
-import { Batcher } from './batcher.js';
+import { Batcher, type BatchLimits } from './batcher.js';
 import { MAILJET_MAX_MESSAGES_PER_CALL, type MailjetUpstreamConfig } from './config.js';
 import { classifyMailjetError, relatedRecipient } from './errors.js';
 import { limitProblem, mapDelivery, rawMimeReason, type MappedDelivery, type MjMessage, type Placement } from './mapping.js';
@@ -32,6 +32,7 @@ const PARSE_OPTIONS = { keepCidLinks: true, skipHtmlToText: true, skipTextToHtml
 export class MailjetUpstream implements Upstream {
   readonly #config: MailjetUpstreamConfig;
   readonly #options: MailjetUpstreamOptions;
+  readonly #limits: BatchLimits;
   readonly #batcher: Batcher<MjMessage[], CallAnswer>;
   /** Cuts calls still in flight when the daemon stops: their messages stay queued. */
   readonly #closing = new AbortController();
@@ -44,8 +45,8 @@ export class MailjetUpstream implements Upstream {
   ) {
     this.#config = config;
     this.#options = options;
-    const limits = { maxItems: Math.min(config.batch.maxMessages, MAILJET_MAX_MESSAGES_PER_CALL), maxBytes: config.batch.maxBytes, windowMs: config.batch.window };
-    this.#batcher = new Batcher(limits, (items) => this.#call(items));
+    this.#limits = { maxItems: Math.min(config.batch.maxMessages, MAILJET_MAX_MESSAGES_PER_CALL), maxBytes: config.batch.maxBytes, windowMs: config.batch.window };
+    this.#batcher = new Batcher(this.#limits, (items) => this.#call(items));
   }
 
   async deliver(request: DeliveryRequest): Promise<RecipientOutcome[]> {
@@ -73,10 +74,18 @@ export class MailjetUpstream implements Upstream {
       recipients: request.recipients,
       ...(this.#options.tagHeader ? { tagHeader: this.#options.tagHeader } : {}),
     });
-    const bytes = Buffer.byteLength(JSON.stringify(mapped.messages));
-    const answer = await this.#batcher.add(mapped.messages, mapped.messages.length, bytes);
-    if ('error' in answer) return request.recipients.map((recipient) => ({ recipient, delivered: false, error: answer.error }));
-    return this.#outcomes(request.queueId, mapped, answer.results);
+    // A Bcc-only delivery is one copy per recipient, each with every attachment: up to 50 recipients x 15 MB of
+    // attachments (the Send API's documented limits, see LIMITS), 20 MB each as base64, a gigabyte together, past
+    // the longest string V8 builds. So the copies go in parts of at most batch.maxBytes (a larger copy alone), one
+    // part after the other: a call is at most batch.maxBytes or one message, and a delivery holds one call's body.
+    const results: MjResult[] = [];
+    for (const part of callParts(mapped.messages, this.#limits)) {
+      const answer = await this.#batcher.add(part.messages, part.messages.length, part.bytes);
+      // The copies not sent yet share the failure: the next call would most likely meet it too.
+      if ('error' in answer) return this.#outcomes(request.queueId, mapped, results, answer.error);
+      results.push(...answer.results);
+    }
+    return this.#outcomes(request.queueId, mapped, results);
   }
 
   /**
@@ -126,9 +135,11 @@ export class MailjetUpstream implements Upstream {
     });
   }
 
-  #outcomes(queueId: string, mapped: MappedDelivery, results: MjResult[]): RecipientOutcome[] {
+  /** `unsent`: the error of the call that stopped the delivery, for the messages after its last result. */
+  #outcomes(queueId: string, mapped: MappedDelivery, results: MjResult[], unsent?: SmtpError): RecipientOutcome[] {
     return mapped.placements.map((p): RecipientOutcome => {
       const result = results[p.message];
+      if (result === undefined && unsent) return { recipient: p.recipient, delivered: false, error: unsent };
       if (result?.Status === 'success') return { recipient: p.recipient, delivered: true, reply: this.#acceptedReply(result, p) };
       if (result?.Status !== 'error') {
         return { recipient: p.recipient, delivered: false, error: new SmtpError(451, '4.3.0', `Mailjet answered status ${String(result?.Status)} for this message`) };
@@ -188,6 +199,33 @@ export class MailjetUpstream implements Upstream {
     await this.#batcher.drain();
     await this.#options.fallback?.close();
   }
+}
+
+/** The messages in order, in parts of at most limits.maxItems messages and limits.maxBytes of JSON; a larger message is a part alone. */
+function callParts(messages: MjMessage[], limits: BatchLimits): { messages: MjMessage[]; bytes: number }[] {
+  const parts: { messages: MjMessage[]; bytes: number }[] = [];
+  let part: { messages: MjMessage[]; bytes: number } | undefined;
+  for (const message of messages) {
+    const bytes = jsonBytes(message);
+    if (!part || part.messages.length >= limits.maxItems || part.bytes + bytes > limits.maxBytes) parts.push((part = { messages: [], bytes: 0 }));
+    part.messages.push(message);
+    part.bytes += bytes;
+  }
+  return parts;
+}
+
+/**
+ * The size of a message as JSON, without copying its attachments into a string for each Bcc copy that shares
+ * them: base64 needs no escaping, so an attachment takes its length.
+ */
+function jsonBytes(message: MjMessage): number {
+  let base64 = 0;
+  const rest = JSON.stringify(message, (key, value: unknown) => {
+    if (key !== 'Base64Content' || typeof value !== 'string') return value;
+    base64 += value.length;
+    return '';
+  });
+  return Buffer.byteLength(rest) + base64;
 }
 
 function sameSlot(slot: { field: string; index: number } | undefined, p: Placement): boolean {
