@@ -118,6 +118,26 @@ test('a message over the Send API limits goes through the mailjet-smtp relay as 
   assert.equal(fake.calls.length, 0, 'the Send API was not called');
 });
 
+test('a message larger than 15 MB of attachments take as MIME goes through the relay on its size alone, unread', async (t) => {
+  const fake = await mailjetFake(t);
+  const sink = await keyedSink(t);
+  const daemon = await relay(t, {
+    mj: mailjetUpstream(fake, { smtpFallback: 'mjrelay' }),
+    mjrelay: { type: 'mailjet-smtp', ...KEYS, host: '127.0.0.1', port: sink.port, security: 'none' },
+  });
+  // 16 MB of attachment, about 22 MB as MIME: over the limit, which parsing would have found after holding it all.
+  const raw = await compose({ from: 'scans@contoso.test', to: 'a@dest.test', subject: 'scan', text: 'x', attachments: [{ filename: 'scan.pdf', content: Buffer.alloc(16_000_000, 7) }] });
+  const queueId = await sendRaw(daemon, 'scans@contoso.test', ['a@dest.test'], raw);
+
+  const fallback = await daemon.waitForLog((l) => l.event === 'mailjet.fallback' && l.queueId === queueId);
+  assert.match(String(fallback.reason), /^a message of \d+ bytes, over the 20526316 that 15000000 bytes of attachments \(Mailjet's Send API limit\) take as MIME$/, 'decided on the size, not on the parsed attachments');
+  const [message] = await sink.waitForMessages(1);
+  assert.deepEqual(message!.recipients, ['a@dest.test']);
+  assert.ok(message!.raw.length >= raw.length, 'the whole message went through the relay');
+  await daemon.waitForLog(delivery(queueId, 'delivered', 'a@dest.test'));
+  assert.equal(fake.calls.length, 0, 'the Send API was not called');
+});
+
 test('without a fallback, a message over the limits bounces with the reason, and the DSN itself goes through Mailjet', async (t) => {
   const fake = await mailjetFake(t);
   const daemon = await relay(t, { mj: mailjetUpstream(fake) });

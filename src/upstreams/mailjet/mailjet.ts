@@ -13,7 +13,7 @@ import { postSend, type CallAnswer, type MjResult, type MjResultRecipient } from
 import { Batcher, type BatchLimits } from './batcher.js';
 import { MAILJET_MAX_MESSAGES_PER_CALL, type MailjetUpstreamConfig } from './config.js';
 import { classifyMailjetError, relatedRecipient } from './errors.js';
-import { limitProblem, mapDelivery, rawMimeReason, type MappedDelivery, type MjMessage, type Placement } from './mapping.js';
+import { ATTACHMENT_LIMIT_AS_MIME_BYTES, LIMITS, limitProblem, mapDelivery, rawMimeReason, type MappedDelivery, type MjMessage, type Placement } from './mapping.js';
 
 export interface MailjetUpstreamOptions {
   /** Where alerts (credentials, unauthorized sender, smarthost bugs) and fallbacks are logged. */
@@ -50,21 +50,30 @@ export class MailjetUpstream implements Upstream {
   }
 
   async deliver(request: DeliveryRequest): Promise<RecipientOutcome[]> {
+    const fallback = this.#options.fallback;
+    // Parsing holds every attachment in memory, gigabytes at maxConcurrency for large mail: a message too large to
+    // hold only the attachments the Send API takes goes to the fallback unread. Should it be mostly text after all,
+    // the fallback, which relays any MIME as is, still delivers it; without a fallback such a message is parsed,
+    // so that it goes through the Send API when it fits rather than bounce.
+    if (fallback && request.size > ATTACHMENT_LIMIT_AS_MIME_BYTES) {
+      return this.#throughFallback(fallback, request, `a message of ${request.size} bytes, over the ${ATTACHMENT_LIMIT_AS_MIME_BYTES} that ${LIMITS.attachmentBytes} bytes of attachments (Mailjet's Send API limit) take as MIME`);
+    }
     const parsed = await simpleParser(request.openMessage(), PARSE_OPTIONS);
     const over = limitProblem(parsed, request.recipients);
     const rawOnly = rawMimeReason(parsed);
     if (over || rawOnly) {
-      const reason = over?.reason ?? rawOnly!;
-      if (this.#options.fallback) {
-        this.#options.log?.info({ event: 'mailjet.fallback', upstream: this.name, queueId: request.queueId, fallback: this.#options.fallback.name, reason }, 'sent through the SMTP fallback');
-        return this.#options.fallback.deliver(request);
-      }
+      if (fallback) return this.#throughFallback(fallback, request, over?.reason ?? rawOnly!);
       if (over) {
         const error = new SmtpError(over.code, over.enhanced, `message exceeds a limit of Mailjet's Send API (${over.reason}) and upstream ${this.name} has no smtpFallback`);
         return request.recipients.map((recipient) => ({ recipient, delivered: false, error }));
       }
     }
     return this.#send(request, parsed);
+  }
+
+  #throughFallback(fallback: Upstream, request: DeliveryRequest, reason: string): Promise<RecipientOutcome[]> {
+    this.#options.log?.info({ event: 'mailjet.fallback', upstream: this.name, queueId: request.queueId, fallback: fallback.name, reason }, 'sent through the SMTP fallback');
+    return fallback.deliver(request);
   }
 
   async #send(request: DeliveryRequest, parsed: ParsedMail): Promise<RecipientOutcome[]> {

@@ -81,6 +81,13 @@ export interface MapOptions {
  */
 export const LIMITS = { recipients: 50, attachmentBytes: 15_000_000, subjectChars: 255 } as const;
 
+/**
+ * The size of a MIME message holding LIMITS.attachmentBytes of attachments and nothing else: base64 takes 4/3 of
+ * the data, plus a CRLF after every 76 characters (RFC 2045 6.8). A larger message is over that limit unless much
+ * of it is text, which only parsing tells.
+ */
+export const ATTACHMENT_LIMIT_AS_MIME_BYTES = Math.ceil(((LIMITS.attachmentBytes * 4) / 3) * (78 / 76));
+
 export interface LimitProblem {
   code: number;
   enhanced: string;
