@@ -65,8 +65,3 @@ export async function makeTestCertificate(): Promise<TestCertificate> {
   }
   return cached;
 }
-
-/** A certificate with a key of its own, never the shared one: for a test that swaps certificates. */
-export function makeSeparateCertificate(): Promise<TestCertificate> {
-  return generate();
-}

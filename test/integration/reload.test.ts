@@ -17,7 +17,7 @@ import { hashPassword } from '../../src/inbound/passwords.js';
 import { CLI, spawnDaemon, tempDir, testConfig } from '../helpers/daemon.js';
 import { freePort } from '../helpers/net.js';
 import { run } from '../helpers/packaging.js';
-import { makeSeparateCertificate } from '../helpers/tls.js';
+import { makeSelfSignedCertificate } from '../helpers/tls.js';
 
 /** One SMTP connection kept open across the reloads: each command answers its complete reply. */
 async function openSession(port: number): Promise<{ command(line: string): Promise<string>; socket: Socket }> {
@@ -150,7 +150,7 @@ async function starttlsFingerprint(port: number): Promise<string> {
 test('a reload with a certificate that does not match its key is refused and STARTTLS keeps the old certificate', async (t) => {
   const dir = await tempDir();
   t.after(() => dir.remove());
-  const [before, after] = await Promise.all([makeSeparateCertificate(), makeSeparateCertificate()]);
+  const [before, after] = await Promise.all([makeSelfSignedCertificate('localhost'), makeSelfSignedCertificate('localhost')]);
   const fingerprint = (c: { cert: Buffer }) => new X509Certificate(c.cert).fingerprint256;
   const certPath = join(dir.path, 'cert.pem');
   const keyPath = join(dir.path, 'key.pem');
