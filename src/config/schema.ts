@@ -1,4 +1,7 @@
+import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { hostname as osHostname } from 'node:os';
+import { createSecureContext } from 'node:tls';
 import { z } from 'zod';
 import { isPasswordHash } from '../inbound/passwords.js';
 import { parseCidr } from '../policy/networks.js';
@@ -42,14 +45,46 @@ const testMode = z.strictObject({
 
 const tlsVersion = z.enum(['TLSv1', 'TLSv1.1', 'TLSv1.2', 'TLSv1.3']);
 
-const listenerTls = z.strictObject({
-  cert: z.string().min(1),
-  key: z.string().min(1),
-  /** Old printers often speak only TLS 1.0/1.1; lower this per listener, not globally. */
-  minVersion: tlsVersion.default('TLSv1.2'),
-  /** Implicit TLS from the first byte (port 465 style) instead of STARTTLS. */
-  implicit: z.boolean().default(false),
-});
+const listenerTls = z
+  .strictObject({
+    cert: z.string().min(1),
+    key: z.string().min(1),
+    /** Old printers often speak only TLS 1.0/1.1; lower this per listener, not globally. */
+    minVersion: tlsVersion.default('TLSv1.2'),
+    /** Implicit TLS from the first byte (port 465 style) instead of STARTTLS. */
+    implicit: z.boolean().default(false),
+  })
+  .superRefine((tls, ctx) => {
+    // The listener reads these files when it starts (and on reload); a file it cannot use must stop
+    // check-config with its key path, not the start with a bare ENOENT or OpenSSL message.
+    const problem = (key: 'cert' | 'key', message: string) => ctx.addIssue({ code: 'custom', path: [key], message });
+    const cert = readTlsFile(tls.cert, 'certificate file', (m) => problem('cert', m));
+    const key = readTlsFile(tls.key, 'key file', (m) => problem('key', m));
+    const certError = cert && secureContextError({ cert });
+    const keyError = key && secureContextError({ key });
+    if (certError) problem('cert', `${tls.cert} is not a usable certificate: ${certError}`);
+    if (keyError) problem('key', `${tls.key} is not a usable private key: ${keyError}`);
+    const pairError = key && cert && !keyError && !certError && secureContextError({ key, cert });
+    if (pairError) problem('key', `${tls.key} is not the key of the certificate ${tls.cert}: ${pairError}`);
+  });
+
+function readTlsFile(file: string, what: string, problem: (message: string) => void): Buffer | undefined {
+  try {
+    return readFileSync(file);
+  } catch (err) {
+    problem(`cannot read ${what} ${file}: ${(err as Error).message}`);
+    return undefined;
+  }
+}
+
+function secureContextError(options: { key?: Buffer; cert?: Buffer }): string | undefined {
+  try {
+    createSecureContext(options);
+    return undefined;
+  } catch (err) {
+    return (err as Error).message;
+  }
+}
 
 const listener = z.strictObject({
   name,
@@ -261,7 +296,13 @@ export const configSchema = z
         ctx.addIssue({ code: 'custom', path: ['listeners', i, 'name'], message: `duplicates listeners[${prev}].name`, input: l.name });
       }
       seen.set(l.name, i);
+      const taken = config.listeners.slice(0, i).findIndex((other) => other.port === l.port && hostsOverlap(other.host, l.host));
+      if (taken !== -1) addressTaken(['listeners', i, 'port'], l, `listeners[${taken}]`, config.listeners[taken]!);
     });
+    if (config.admin.enabled && config.admin.port !== 0) {
+      const taken = config.listeners.findIndex((l) => l.port === config.admin.port && hostsOverlap(l.host, config.admin.host));
+      if (taken !== -1) addressTaken(['admin', 'port'], config.admin, `listeners[${taken}]`, config.listeners[taken]!);
+    }
     const users = new Set<string>();
     config.users.forEach((u, i) => {
       if (users.has(u.name)) ctx.addIssue({ code: 'custom', path: ['users', i, 'name'], message: 'duplicate user name', input: u.name });
@@ -280,12 +321,45 @@ export const configSchema = z
       });
     });
 
+    function addressTaken(path: (string | number)[], socket: Binding, otherKey: string, other: Binding): void {
+      ctx.addIssue({
+        code: 'custom',
+        path,
+        message: `${hostPort(socket)} is already taken by ${otherKey}.host/.port (${hostPort(other)}): both cannot listen there (EADDRINUSE)`,
+      });
+    }
+
     function checkUpstream(upstream: string, path: (string | number)[]): void {
       if (!Object.hasOwn(config.upstreams, upstream)) {
         ctx.addIssue({ code: 'custom', path, message: `names no upstream; defined: ${Object.keys(config.upstreams).join(', ')}`, input: upstream });
       }
     }
   });
+
+interface Binding {
+  host: string;
+  port: number;
+}
+
+/**
+ * Whether two sockets listening on these hosts (on one port) collide: the same address, or a wildcard that
+ * covers the other. "::" takes every IPv4 and IPv6 address (Node binds it dual-stack), "0.0.0.0" every IPv4
+ * one. A host name is compared as written: whether "localhost" is 127.0.0.1 or ::1 is left to the start.
+ */
+function hostsOverlap(a: string, b: string): boolean {
+  const [x, y] = [canonicalHost(a), canonicalHost(b)];
+  if (x === y || x === '::' || y === '::') return true;
+  return (x === '0.0.0.0' && isIP(y) === 4) || (y === '0.0.0.0' && isIP(x) === 4);
+}
+
+/** One spelling per address: "0:0::0" is "::", "FE80::1" is "fe80::1". */
+function canonicalHost(host: string): string {
+  return isIP(host) === 6 ? new URL(`http://[${host}]/`).hostname.slice(1, -1) : host.toLowerCase();
+}
+
+function hostPort({ host, port }: Binding): string {
+  return isIP(host) === 6 ? `[${host}]:${port}` : `${host}:${port}`;
+}
 
 export type Config = z.output<typeof configSchema>;
 export type ListenerConfig = Config['listeners'][number];

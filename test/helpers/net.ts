@@ -5,15 +5,19 @@
  */
 import net from 'node:net';
 
+/** Ports freePort returned in this process: a config built from two calls must not get one port twice. */
+const handedOut = new Set<number>();
+
 /**
  * A currently free TCP port on `host`, for a server the test starts a moment later. Chosen below the kernel's
  * ephemeral range (32768 and up here), where port 0 would pick: client sockets of tests running in parallel
- * take ephemeral ports at any time and could grab the port between this probe and the real bind.
+ * take ephemeral ports at any time and could grab the port between this probe and the real bind. Never the
+ * same port twice in one process: config validation refuses two listeners on one port.
  */
 export async function freePort(host = '127.0.0.1'): Promise<number> {
   for (let attempt = 0; attempt < 200; attempt++) {
     const port = 10_000 + Math.floor(Math.random() * 22_000);
-    if (await canBind(port, host)) return port;
+    if (!handedOut.has(port) && (await canBind(port, host))) return (handedOut.add(port), port);
   }
   throw new Error(`no free port found on ${host}`);
 }

@@ -65,3 +65,12 @@ export async function makeTestCertificate(): Promise<TestCertificate> {
   }
   return cached;
 }
+
+/**
+ * Config text (an example or a README block) with the listener certificate files it names under
+ * /etc/smarthost/tls pointed at the test certificate: the loader reads them, and they exist on no test machine.
+ */
+export async function withTestCertificateFiles(text: string): Promise<string> {
+  const { certPath, keyPath } = await makeTestCertificate();
+  return text.replaceAll('/etc/smarthost/tls/cert.pem', certPath).replaceAll('/etc/smarthost/tls/key.pem', keyPath);
+}

@@ -17,6 +17,7 @@ import { parseConfig } from '../../src/config/load.js';
 import { tempDir, testConfig } from '../helpers/daemon.js';
 import { validate } from '../helpers/json-schema.js';
 import { PROJECT } from '../helpers/packaging.js';
+import { withTestCertificateFiles } from '../helpers/tls.js';
 
 const SCHEMA_FILE = join(PROJECT, 'config', 'smarthost.schema.json');
 const committed = await readFile(SCHEMA_FILE, 'utf8');
@@ -67,7 +68,7 @@ test('the shipped configs and a typical test config are valid against the schema
       assert.ok(line, `${file} names its schema for editors`);
       const ref = /\$schema=(\S+)/.exec(line)![1]!;
       assert.equal(join(dirname(file), ref), SCHEMA_FILE, `${file} points at config/smarthost.schema.json`);
-      documents.push([file, parse(text)]);
+      documents.push([file, parse(await withTestCertificateFiles(text))]);
     }
     documents.push(['test config', await testConfig({ dir: dir.path })]);
     // The examples read their secrets from the environment, as a real deployment would.

@@ -8,6 +8,7 @@ import { generateKeyPairSync } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { test } from 'node:test';
 import { parseConfig } from '../../src/config/load.js';
+import { withTestCertificateFiles } from '../helpers/tls.js';
 
 const README = new URL('../../../README.md', import.meta.url);
 const text = await readFile(README, 'utf8');
@@ -18,7 +19,7 @@ test('the README shows complete configurations', () => {
 });
 
 for (const [i, block] of complete.entries()) {
-  test(`README configuration ${i + 1} of ${complete.length} passes the config schema`, () => {
+  test(`README configuration ${i + 1} of ${complete.length} passes the config schema`, async () => {
     for (const [, name] of block.matchAll(/env: ([A-Z0-9_]+)/g)) process.env[name!] ??= 'placeholder';
     // Secret files named in the README do not exist on a test machine; the loader reads them, so they are swapped
     // for env: a real (throwaway) key for a Google service account, a placeholder for the rest.
@@ -27,7 +28,9 @@ for (const [i, block] of complete.entries()) {
       .replace(/\{ file: [^}]+\}/g, '{ env: README_FILE_SECRET }');
     process.env.README_FILE_SECRET ??= 'placeholder';
     process.env.README_SERVICE_ACCOUNT ??= serviceAccount();
-    assert.doesNotThrow(() => parseConfig(runnable, `README block ${i + 1}`));
+    // Listener certificates are read too: they become a throwaway pair.
+    const withCertificates = await withTestCertificateFiles(runnable);
+    assert.doesNotThrow(() => parseConfig(withCertificates, `README block ${i + 1}`));
   });
 }
 

@@ -1,11 +1,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { generateKeyPairSync } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { inspect } from 'node:util';
 import { ConfigError, DEFAULT_CONFIG_PATH, loadConfig, parseConfig } from '../../src/config/load.js';
 import { Secret } from '../../src/config/secret.js';
+import { makeTestCertificate } from '../helpers/tls.js';
 
 const VALID_HASH = '$scrypt$ln=15,r=8,p=1$c21hcnRob3N0LWR1bW15$2Yxj6B5bIo7m0ZbKxS6dCXbqAqcqJ8yAGT0aBY1r2KI';
 
@@ -173,6 +175,51 @@ test('an upstream name with a space is refused with the naming rule', () => {
 test('duplicate listener names point at the second one and the first', () => {
   const text = yaml({ listeners: '  - { name: relay, role: relay, port: 2525 }\n  - { name: relay, role: submission, port: 2587 }' });
   assert.deepEqual(problems(text), ['listeners[1].name: duplicates listeners[0].name, got "relay"']);
+});
+
+test('listener TLS files that cannot be read are named at listeners[i].tls.cert and .key, before start reads them', () => {
+  const tls = '{ cert: /nonexistent/cert.pem, key: /nonexistent/key.pem }';
+  const found = problems(yaml({ listeners: `  - { name: relay, role: relay, port: 2525 }\n  - { name: submission, role: submission, port: 2587, tls: ${tls} }` }));
+  assert.deepEqual(found.map((p) => p.replace(/: ENOENT.*/, '')), [
+    'listeners[1].tls.cert: cannot read certificate file /nonexistent/cert.pem',
+    'listeners[1].tls.key: cannot read key file /nonexistent/key.pem',
+  ]);
+});
+
+test('listener TLS files that are no certificate, or a key of another certificate, are refused at their key path', async (t) => {
+  const { certPath, keyPath } = await makeTestCertificate();
+  const dir = mkdtempSync(join(tmpdir(), 'smarthost-config-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const otherKey = join(dir, 'other-key.pem');
+  writeFileSync(otherKey, generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ type: 'pkcs8', format: 'pem' }));
+  const withTls = (cert: string, key: string) => yaml({ listeners: `  - { name: relay, role: relay, port: 2525, tls: { cert: ${cert}, key: ${key} } }` });
+
+  assert.deepEqual(parseConfig(withTls(certPath, keyPath)).listeners[0]?.tls?.cert, certPath);
+  assertProblem(withTls(keyPath, keyPath), new RegExp(`^listeners\\[0\\]\\.tls\\.cert: ${keyPath} is not a usable certificate: `));
+  assertProblem(withTls(certPath, certPath), new RegExp(`^listeners\\[0\\]\\.tls\\.key: ${certPath} is not a usable private key: `));
+  assertProblem(withTls(certPath, otherKey), new RegExp(`^listeners\\[0\\]\\.tls\\.key: ${otherKey} is not the key of the certificate ${certPath}: .*key values mismatch`));
+});
+
+test('two listeners on one address and port are refused, naming both (start would fail with EADDRINUSE)', () => {
+  const twice = (a: string, b: string) => yaml({ listeners: `  - { name: a, role: relay, host: "${a}", port: 25 }\n  - { name: b, role: submission, host: "${b}", port: 25 }` });
+  assert.deepEqual(problems(twice('127.0.0.1', '127.0.0.1')), [
+    'listeners[1].port: 127.0.0.1:25 is already taken by listeners[0].host/.port (127.0.0.1:25): both cannot listen there (EADDRINUSE)',
+  ]);
+  // A wildcard takes the port on the addresses it covers: "::" on every one, "0.0.0.0" on the IPv4 ones.
+  assertProblem(twice('0.0.0.0', '192.168.1.10'), /^listeners\[1\]\.port: 192\.168\.1\.10:25 is already taken by listeners\[0\]\.host\/\.port \(0\.0\.0\.0:25\)/);
+  assertProblem(twice('127.0.0.1', '::'), /^listeners\[1\]\.port: \[::\]:25 is already taken by listeners\[0\]/);
+  assertProblem(twice('::1', '0:0:0:0:0:0:0:1'), /^listeners\[1\]\.port: /);
+  for (const [a, b] of [['0.0.0.0', '::1'], ['192.168.1.10', '192.168.1.11']]) {
+    assert.doesNotThrow(() => parseConfig(twice(a!, b!)), `${a} and ${b} may share a port`);
+  }
+});
+
+test('the admin listener on a listener\'s address and port is refused at admin.port, naming the listener', () => {
+  assert.deepEqual(problems(yaml({ extra: 'admin: { port: 2587 }' })), [
+    'admin.port: 127.0.0.1:2587 is already taken by listeners[1].host/.port (127.0.0.1:2587): both cannot listen there (EADDRINUSE)',
+  ]);
+  assert.doesNotThrow(() => parseConfig(yaml({ extra: 'admin: { port: 2587, enabled: false }' })), 'a disabled admin listener takes no port');
+  assert.doesNotThrow(() => parseConfig(yaml({ extra: 'admin: { port: 2587, host: "::1" }' })), 'another address');
 });
 
 test('a plaintext user password is refused and points at hash-password', () => {
