@@ -35,6 +35,9 @@ const addressPattern = z.string().superRefine((v, ctx) => {
 /** One pattern or a list of them; a list matches when any pattern does. */
 const addressPatterns = z.union([addressPattern, z.array(addressPattern).min(1)]).transform((v) => (typeof v === 'string' ? [v] : v));
 const names = z.union([name, z.array(name).min(1)]).transform((v) => (typeof v === 'string' ? [v] : v));
+/** Any AUTH login, not the `name` rule: users are often called by an address (scan@contoso.com). */
+const userName = z.string().min(1);
+const userNames = z.union([userName, z.array(userName).min(1)]).transform((v) => (typeof v === 'string' ? [v] : v));
 const cidrs = z.union([cidr, z.array(cidr).min(1)]).transform((v) => (typeof v === 'string' ? [v] : v));
 const address = z.string().regex(/^[^@\s<>]+@[^@\s<>]+$/, { error: 'expected an e-mail address such as scans@contoso.com' });
 
@@ -115,7 +118,7 @@ const listener = z.strictObject({
 
 const user = z
   .strictObject({
-    name: z.string().min(1),
+    name: userName,
     /** Senders this user may use in MAIL FROM (and after rewriting); unset means any. */
     allowedSenders: addressPatterns.optional(),
     /** The user's own upstream: beats the route rules (user settings beat admin settings). */
@@ -177,7 +180,7 @@ const route = z.strictObject({
       sender: addressPatterns.optional(),
       headerFrom: addressPatterns.optional(),
       recipient: addressPatterns.optional(),
-      user: names.optional(),
+      user: userNames.optional(),
       network: cidrs.optional(),
       listener: names.optional(),
     })
@@ -318,6 +321,9 @@ export const configSchema = z
       const listenerNames = new Set(config.listeners.map((l) => l.name));
       r.match.listener?.forEach((l, j) => {
         if (!listenerNames.has(l)) ctx.addIssue({ code: 'custom', path: ['routing', 'routes', i, 'match', 'listener', j], message: 'names no listener', input: l });
+      });
+      r.match.user?.forEach((u, j) => {
+        if (!users.has(u)) ctx.addIssue({ code: 'custom', path: ['routing', 'routes', i, 'match', 'user', j], message: 'names no user', input: u });
       });
     });
 

@@ -222,6 +222,19 @@ test('the admin listener on a listener\'s address and port is refused at admin.p
   assert.doesNotThrow(() => parseConfig(yaml({ extra: 'admin: { port: 2587, host: "::1" }' })), 'another address');
 });
 
+test('routing.routes[].match.user takes any configured user name, also one written like an address', () => {
+  const users = `users: [{ name: scan@contoso.com, passwordHash: "${VALID_HASH}" }, { name: erp, passwordHash: "${VALID_HASH}" }]`;
+  const matchUser = (user: string) => yaml({ routing: `outbox, routes: [{ name: r, match: { user: ${user} }, upstream: outbox }]`, extra: users });
+  assert.deepEqual(parseConfig(matchUser('scan@contoso.com')).routing.routes[0]?.match.user, ['scan@contoso.com'], 'one name is a list of one');
+  assert.deepEqual(parseConfig(matchUser('[erp, scan@contoso.com]')).routing.routes[0]?.match.user, ['erp', 'scan@contoso.com']);
+});
+
+test('routing.routes[].match.user naming no configured user is refused at its key path (the rule could never match)', () => {
+  const users = `users: [{ name: erp, passwordHash: "${VALID_HASH}" }]`;
+  const text = yaml({ routing: 'outbox, routes: [{ name: r, match: { user: [erp, erpp] }, upstream: outbox }]', extra: users });
+  assert.deepEqual(problems(text), ['routing.routes[0].match.user[1]: names no user, got "erpp"']);
+});
+
 test('a plaintext user password is refused and points at hash-password', () => {
   assertProblem(yaml({ extra: 'users: [{ name: scanner, password: hunter2 }]' }), /^users\[0\]\.password: plaintext passwords are refused.*hash-password/);
 });

@@ -103,9 +103,9 @@ test('criterion recipient alone: address or domain', () => {
 });
 
 test('criterion user alone: only that authenticated user; unauthenticated clients never match', () => {
-  const c = config({ users: [{ name: 'erp' }, { name: 'scanner' }], routes: [{ name: 'erp', match: { user: ['erp', 'billing'] }, upstream: 'a' }] });
+  const c = config({ users: [{ name: 'erp' }, { name: 'billing' }, { name: 'scanner' }], routes: [{ name: 'erp', match: { user: ['erp', 'billing'] }, upstream: 'a' }] });
   assert.equal(upstreamOf(c, { user: 'erp' }), 'a');
-  assert.equal(upstreamOf(c, { user: 'billing' }), 'a', 'any name of the list (a user not configured here still matches by name)');
+  assert.equal(upstreamOf(c, { user: 'billing' }), 'a', 'any name of the list');
   assert.equal(upstreamOf(c, { user: 'scanner' }), 'fallback');
   assert.equal(upstreamOf(c, { user: 'ERP' }), 'fallback', 'user names are compared exactly');
   assert.equal(upstreamOf(c), 'fallback');
@@ -165,7 +165,7 @@ test('criteria combine with AND; each list combines with OR', () => {
     assert.match(r.checks[0]!.reasons[0]!, reason);
   }
   // Every failed criterion is listed, in the order of the config schema.
-  const r = route(config({ routes: [{ name: 'strict', match: { sender: 'a@a.test', headerFrom: 'a@a.test', recipient: 'a@a.test', user: 'u', network: '10.0.0.0/8', listener: 'submission' }, upstream: 'a' }] }), {
+  const r = route(config({ users: [{ name: 'u' }], routes: [{ name: 'strict', match: { sender: 'a@a.test', headerFrom: 'a@a.test', recipient: 'a@a.test', user: 'u', network: '10.0.0.0/8', listener: 'submission' }, upstream: 'a' }] }), {
     sender: '',
     headerFrom: [],
   });
@@ -209,6 +209,7 @@ test('first match wins: rules are tried in order, later ones are not checked', (
 
 test('a rule that matches nothing records every rule and why in checks', () => {
   const c = config({
+    users: [{ name: 'erp' }],
     routes: [
       { name: 'one', match: { recipient: '@nowhere.test' }, upstream: 'a' },
       { name: 'two', match: { listener: 'submission', user: 'erp' }, upstream: 'b' },
