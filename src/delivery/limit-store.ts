@@ -24,10 +24,29 @@ export function limitsFile(stateDir: string): string {
   return join(resolve(stateDir), LIMITS_FILE);
 }
 
-/** Reads the file; undefined when there is none yet. */
+/**
+ * The file exists but cannot be read; the daemon refuses to start on it (and `limits show` says so). Starting
+ * with empty counters would hand out a fresh budget, and the provider's own limits (10,000 recipients a day at
+ * Microsoft 365) could be exceeded, so moving the file aside is left to an administrator.
+ */
+export class LimitsFileError extends Error {
+  constructor(
+    readonly file: string,
+    detail: string,
+  ) {
+    super(`cannot use the send-limit counters ${file}: ${detail}; move it aside to start with empty counters (what was sent in the current limit windows is then not counted)`);
+    this.name = 'LimitsFileError';
+  }
+}
+
+/** Reads the file; undefined when there is none yet. Throws LimitsFileError for one that cannot be read. */
 export async function readLimitsFile(file: string): Promise<LimitsFileData | undefined> {
   const db = new Low<LimitsFileData | null>(new DurableJsonFile<LimitsFileData | null>(file), null);
-  await db.read();
+  try {
+    await db.read();
+  } catch (err) {
+    throw new LimitsFileError(file, (err as Error).message);
+  }
   const data = db.data;
   if (!data || typeof data !== 'object' || !data.snapshot || data.snapshot.version !== 1) return undefined;
   return data;

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { verifyPassword } from '../../src/inbound/passwords.js';
 
@@ -98,6 +98,17 @@ describe('the smarthost command line', { concurrency: true }, () => {
     const r = await run(['check-config', '/nonexistent/smarthost.yaml']);
     assert.equal(r.code, 1);
     assert.match(r.stderr, /cannot read file/);
+  });
+
+  test('limits show on a damaged state.dir/limits.json exits 1 and names the file', async (t) => {
+    const file = tempFiles(t);
+    const damaged = file('limits.json', '{"savedAt": "x", ');
+    const config = file('c.yaml', `${VALID}state: { dir: ${dirname(damaged)} }\n`);
+    const r = await run(['limits', 'show', '--config', config]);
+    assert.equal(r.code, 1);
+    const line = r.stderr.split('\n')[0]!;
+    assert.ok(line.startsWith(`smarthost: cannot use the send-limit counters ${damaged}: `), line);
+    assert.match(line, /; move it aside to start with empty counters/);
   });
 
   test('--version prints the version from package.json', async () => {

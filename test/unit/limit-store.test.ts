@@ -1,11 +1,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { formatUses } from '../../src/cli/limits.js';
 import { configSchema } from '../../src/config/schema.js';
-import { limiterFromFile, limitsFile, openLimitStore, readLimitsFile } from '../../src/delivery/limit-store.js';
+import { LimitsFileError, limiterFromFile, limitsFile, openLimitStore, readLimitsFile } from '../../src/delivery/limit-store.js';
 import { configuredLimits, resolveLimits } from '../../src/delivery/limits-config.js';
 
 const T0 = Date.UTC(2025, 5, 3, 12, 0, 0);
@@ -65,4 +65,22 @@ test('a missing state file is no error: show prints that nothing was used', asyn
   t.after(() => rm(dir, { recursive: true, force: true }));
   assert.equal(await readLimitsFile(limitsFile(dir)), undefined);
   assert.match(formatUses([], limitsFile(dir), undefined), /no send limit has been used/);
+});
+
+test('a damaged state file stops the start and limits show with its path and what to do, and is left as it is', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'smarthost-limits-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const file = limitsFile(dir);
+  await mkdir(dir, { recursive: true });
+  await writeFile(file, '{"savedAt": "x", ');
+  const named = (err: unknown) => {
+    assert.ok(err instanceof LimitsFileError, String(err));
+    assert.equal(err.file, file);
+    assert.match(err.message, new RegExp(`^cannot use the send-limit counters ${file}: .*JSON.*; move it aside to start with empty counters`));
+    return true;
+  };
+  // Empty counters would hand out a fresh budget: the provider's own daily limit could be exceeded.
+  await assert.rejects(openLimitStore({ sink: { type: 'smtp', limits: { recipientsPerDay: 10 } } }, dir, () => T0), named);
+  await assert.rejects(readLimitsFile(file), named);
+  assert.equal(await readFile(file, 'utf8'), '{"savedAt": "x", ');
 });
