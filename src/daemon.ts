@@ -272,10 +272,13 @@ export class Daemon {
   /** Stops accepting, lets SMTP sessions and deliveries in flight finish within the timeout, keeps the rest queued. */
   async stop(timeoutMs = this.config.delivery.shutdownTimeout): Promise<void> {
     this.log.info({ event: 'stopping', timeoutMs }, 'stopping');
-    const deadline = Date.now() + timeoutMs;
+    // No delivery starts from here on (one started while a listener drains would get no time of its own and be
+    // cut short after the upstream had the message: a second delivery at the next start); those in flight and
+    // the SMTP sessions share the one deadline.
+    const deliveries = this.scheduler.stop(timeoutMs);
     await this.admin?.close();
     await Promise.all(this.listeners.map((l) => l.close(timeoutMs)));
-    const finished = await this.scheduler.stop(Math.max(0, deadline - Date.now()));
+    const finished = await deliveries;
     await Promise.all([...this.upstreams.values()].map((u) => u.upstream.close()));
     await this.suppression.close();
     await this.spool.close();

@@ -379,3 +379,35 @@ test('SIGTERM during start-up, while a large queue is being recovered, still end
   assert.deepEqual(events.slice(-2), ['stopping', 'stopped']);
   assert.equal((await readdir(queue)).length, COUNT, 'the queue is untouched');
 });
+
+test('SIGTERM while a client holds an idle session: no delivery starts during the drain, and a retry that falls due then stays queued', async (t) => {
+  const dir = await tempDir();
+  t.after(() => dir.remove());
+  let attempts = 0;
+  const sink = await sinkFor(t, { dataBehaviour: () => (++attempts === 1 ? 'tempfail' : 'accept') });
+  const config = await testConfig({ dir: dir.path, upstreams: smtpUpstream(sink.port), retry: { initialDelay: '300ms', maxDelay: '300ms' } });
+  (config.delivery as Record<string, unknown>).shutdownTimeout = '2s';
+  const child = await spawn(t, config, dir.path);
+  const client = nodemailer.createTransport({ host: '127.0.0.1', port: relayPort(config), secure: false, ignoreTLS: true });
+  const info = await client.sendMail({ envelope: { from: 'app@origin.test', to: ['user@dest.test'] }, raw: rawMessage('<drain-1@origin.test>') });
+  client.close();
+  const queueId = /queued as ([0-9A-Z]{22})$/.exec(info.response)?.[1];
+  await child.waitForOutput(new RegExp(`"event":"delivery","queueId":"${queueId}".*"result":"deferred"`));
+
+  // An application's pooled connection, idle: the listener waits for it until shutdownTimeout, and the retry
+  // (due 300 ms after the first attempt) falls due meanwhile.
+  const idle = net.connect(relayPort(config), '127.0.0.1');
+  t.after(() => idle.destroy());
+  idle.on('error', () => {});
+  await new Promise<void>((resolve) => idle.once('data', () => resolve()));
+  idle.write('EHLO app.test\r\n');
+  child.proc.kill('SIGTERM');
+  const exit = await exitWithin(child.exited, 10_000, 'daemon after SIGTERM');
+  assert.deepEqual(exit, { code: 0, signal: null }, `stderr: ${child.stderr()}`);
+  const logs = childLogs(child);
+  const stopping = logs.findIndex((l) => l.event === 'stopping');
+  assert.deepEqual(logs.slice(stopping).filter((l) => l.event === 'routed' || l.event === 'delivery'), [], 'nothing is attempted after stopping');
+  assert.equal(attempts, 1, 'the upstream saw the first attempt only');
+  assert.equal(sink.messages.length, 0);
+  assert.equal(logs.find((l) => l.event === 'stopped')?.queued, 1, 'the message waits for the next start');
+});
