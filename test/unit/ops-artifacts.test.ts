@@ -4,10 +4,10 @@
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { parse } from 'yaml';
+import { parse, stringify } from 'yaml';
 import { startInProcess, tempDir, testConfig } from '../helpers/daemon.js';
 import { PROJECT } from '../helpers/packaging.js';
 
@@ -49,13 +49,55 @@ test('every smarthost_ metric in the alert rules and the dashboard exists in the
   assert.ok(used.every((u) => namesIn(u.expr).length > 0 || u.where === 'template variable'), 'each expression names a smarthost metric');
 });
 
-test('promtool check rules accepts config/prometheus-alerts.yml', async (t) => {
-  const result = await new Promise<{ code: number | null; out: string } | undefined>((resolve) => {
-    execFile('promtool', ['check', 'rules', ALERTS], (err, stdout, stderr) => {
+/** Runs promtool; undefined where it is not installed. */
+function promtool(...args: string[]): Promise<{ code: number | null; out: string } | undefined> {
+  return new Promise((resolve) => {
+    execFile('promtool', args, (err, stdout, stderr) => {
       if (err && (err as NodeJS.ErrnoException).code === 'ENOENT') return resolve(undefined);
       resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, out: stdout + stderr });
     });
   });
+}
+
+test('promtool check rules accepts config/prometheus-alerts.yml', async (t) => {
+  const result = await promtool('check', 'rules', ALERTS);
+  if (!result) return t.skip('promtool is not installed (Debian package prometheus)');
+  assert.equal(result.code, 0, result.out);
+});
+
+test('SmarthostTokenRefreshFailing fires for an app whose refreshes all fail, not for one that still gets tokens (promtool test rules)', async (t) => {
+  // Its two sides differ in their result label: a plain `and` matched nothing, so the alert could never fire.
+  const dir = await tempDir();
+  t.after(() => dir.remove());
+  const series = (app: string, result: string, values: string) => ({ series: `smarthost_oauth_token_refreshes_total{app="${app}",result="${result}",instance="a"}`, values });
+  const fixture = {
+    rule_files: [ALERTS],
+    evaluation_interval: '1m',
+    tests: [
+      {
+        interval: '1m',
+        input_series: [series('failing', 'failure', '0+1x40'), series('failing', 'success', '5x40'), series('recovering', 'failure', '0+1x40'), series('recovering', 'success', '0+1x40')],
+        alert_rule_test: [
+          {
+            eval_time: '30m',
+            alertname: 'SmarthostTokenRefreshFailing',
+            exp_alerts: [
+              {
+                exp_labels: { severity: 'critical', app: 'failing', instance: 'a', result: 'failure' },
+                exp_annotations: {
+                  summary: 'smarthost cannot get access tokens for Microsoft app failing',
+                  description: 'Mail for Microsoft 365 upstreams is deferred until tokens are issued again. The token.failed log line names the fix (expired secret, missing consent, ...).',
+                },
+              },
+            ],
+          },
+        ],
+      },
+    ],
+  };
+  const file = join(dir.path, 'token-refresh.test.yml');
+  await writeFile(file, stringify(fixture));
+  const result = await promtool('test', 'rules', file);
   if (!result) return t.skip('promtool is not installed (Debian package prometheus)');
   assert.equal(result.code, 0, result.out);
 });
