@@ -55,6 +55,7 @@ function seconds(value: string): number {
 
 test('the unit runs `smarthost start` with the config from its ConfigurationDirectory, as a non-root user with one capability', () => {
   assert.match(one('ExecStart'), /^(\/\S+\/)?smarthost start --config \/etc\/smarthost\/smarthost\.yaml$/);
+  assert.equal(one('ExecReload'), 'kill -HUP $MAINPID', 'systemctl reload sends the SIGHUP the daemon reloads on');
   assert.equal(one('ConfigurationDirectory'), 'smarthost');
   assert.equal(one('StateDirectory'), 'smarthost');
   assert.equal(one('WorkingDirectory'), '/var/lib/smarthost');
