@@ -6,6 +6,10 @@
  * base64 JSON error ({"status":"400","schemes":"Bearer","scope":"https://mail.google.com/"}), the client sends
  * an empty line, and the server closes the exchange with 535 5.7.8. STARTTLS is offered (and required for AUTH)
  * as Gmail does on port 587. Built on smtp-server like test/helpers/sink.ts.
+ * A user in `overDailyLimit` has used up Gmail's daily sending limit: the message is read, then refused with
+ * 550 5.4.5 Daily user sending limit exceeded, as listed in "Gmail SMTP errors and codes"
+ * (https://support.google.com/a/answer/3726730); "Gmail sending limits in Google Workspace"
+ * (https://support.google.com/a/answer/166852) says the user can send again within 24 hours.
  */
 import type { AddressInfo } from 'node:net';
 import { SMTPServer, type SMTPServerDataStream } from 'smtp-server';
@@ -27,6 +31,8 @@ export interface GmailSmtpFake {
   logins: { user: string; ok: boolean; tls: boolean }[];
   /** Users refused whatever their token (a suspended account, SMTP turned off for the user). */
   refused: Set<string>;
+  /** Users who reached their daily sending limit: each message is refused after DATA with 550 5.4.5. */
+  overDailyLimit: Set<string>;
   waitForMessages(n: number, timeoutMs?: number): Promise<GmailMessage[]>;
   close(): Promise<void>;
 }
@@ -39,6 +45,7 @@ export async function startGmailSmtpFake(tokens: Pick<GoogleTokenFake, 'isValid'
     messages: [],
     logins: [],
     refused: new Set(),
+    overDailyLimit: new Set(),
     waitForMessages(n, timeoutMs = 10_000) {
       if (fake.messages.length >= n) return Promise.resolve(fake.messages.slice());
       return new Promise((resolve, reject) => {
@@ -82,6 +89,10 @@ export async function startGmailSmtpFake(tokens: Pick<GoogleTokenFake, 'isValid'
       const chunks: Buffer[] = [];
       stream.on('data', (c: Buffer) => chunks.push(c));
       stream.on('end', () => {
+        if (fake.overDailyLimit.has(String(session.user).toLowerCase())) {
+          const limit = 'Daily user sending limit exceeded. For more information on Gmail sending limits go to https://support.google.com/a/answer/166852 - gsmtp';
+          return callback(Object.assign(new Error(`5.4.5 ${limit}`), { responseCode: 550 }));
+        }
         fake.messages.push({
           user: String(session.user),
           sender: session.envelope.mailFrom ? session.envelope.mailFrom.address : '',

@@ -2,7 +2,8 @@
  * Through smarthost into a local Gmail SMTP stand-in that takes XOAUTH2 only (test/fakes/gmail-smtp.ts), with
  * tokens from a local token endpoint that checks the service account's JWT signature (test/fakes/google-token.ts):
  * the message arrives byte for byte as the impersonated mailbox over STARTTLS; a mailbox outside the
- * domain-wide delegation is deferred (4.7.0) until it is delegated; a token Gmail no longer accepts is replaced.
+ * domain-wide delegation is deferred (4.7.0) until it is delegated; a token Gmail no longer accepts is replaced;
+ * a mailbox over Gmail's daily sending limit (550 5.4.5) is deferred until the limit lifts.
  */
 import assert from 'node:assert/strict';
 import { writeFile } from 'node:fs/promises';
@@ -130,6 +131,26 @@ test('a token Gmail refuses although it is cached is replaced by a fresh one and
   assert.equal(tokens.issued.length, 2);
   assert.equal(gmail.messages.length, 2);
   assert.ok(!daemon.logs().some((l) => l.event === 'delivery' && l.queueId === second && l.result === 'deferred'), 'no deferral was needed');
+});
+
+test('550 5.4.5 after DATA (the mailbox reached Gmail\'s daily sending limit) defers the message with one alert; it stays queued and goes out once the limit lifts, never bounced', async (t) => {
+  const { daemon, gmail } = await setup(t, { delegated: ['scans@contoso.test'] });
+  gmail.overDailyLimit.add('scans@contoso.test');
+  const queueId = await sendRaw(daemon, 'scans@contoso.test', ['alice@dest.test'], await compose({ from: 'scans@contoso.test', to: 'alice@dest.test', subject: 'x', text: 'y' }));
+  const deferred = await daemon.waitForLog(delivery(queueId, 'deferred'));
+  assert.match(String(deferred.reply), /^451 4\.4\.5 Gmail refused the message: the mailbox reached its daily sending limit; it lifts within 24 hours.*Gmail said: 550 5\.4\.5 Daily user sending limit exceeded/);
+  assert.ok(deferred.nextAttemptAt, 'still queued, with a next attempt');
+  await daemon.waitForLog((l) => l.event === 'delivery' && l.queueId === queueId && l.result === 'deferred' && l.attempt === 2);
+  const alerts = daemon.logs().filter((l) => l.event === 'upstream.alert');
+  assert.equal(alerts.length, 1, 'alerted once, not at every retry');
+  assert.equal(alerts[0]!.level, 'error');
+  assert.equal(alerts[0]!.mailbox, 'scans@contoso.test');
+  assert.match(String(alerts[0]!.msg), /daily sending limit/);
+
+  gmail.overDailyLimit.delete('scans@contoso.test');
+  await daemon.waitForLog(delivery(queueId, 'delivered'));
+  assert.equal(gmail.messages.length, 1);
+  assert.ok(!daemon.logs().some((l) => l.event === 'bounce.queued' || (l.event === 'delivery' && l.result === 'bounced')), 'never bounced');
 });
 
 test('a login Gmail refuses even with a fresh token defers the message and raises one alert', async (t) => {

@@ -16,6 +16,7 @@ import { probeSmtp } from '../smtp-probe.js';
 import { deferRefusedSession, failedCommand, sendRaw, type ErrorMapper } from '../smtp-send.js';
 import type { DeliveryRequest, ProbeOptions, ProbeStep, RecipientOutcome, Upstream } from '../upstream.js';
 import { GMAIL_SCOPE, type GoogleUpstreamConfig } from './config.js';
+import { classifyGmailReply } from './gmail-replies.js';
 import { ServiceAccountTokenSource, type ServiceAccountTokenSourceOptions } from './token-source.js';
 
 export interface GoogleUpstreamOptions {
@@ -131,26 +132,28 @@ export class GoogleUpstream implements Upstream {
   }
 
   /**
-   * Replies as the smtp upstream reads them; a login refused even with a fresh token defers and is alerted
-   * (an operator must act).
+   * Gmail's replies through its table (gmail-replies.ts: a daily sending limit defers, whichever command Gmail
+   * refuses); anything else as the smtp upstream reads it. A login refused even with a fresh token defers and is
+   * alerted (an operator must act).
    */
   #mapError(mailbox: string): ErrorMapper {
     return (err, origin) => {
-      if (origin !== 'session') return toSmtpError(err);
+      const classified = classifyGmailReply(toSmtpError(err));
+      if (classified.alert) this.#alert(mailbox, classified.error, `mailbox ${mailbox}: ${classified.alert}`);
+      if (classified.row || origin !== 'session') return classified.error;
       const error = deferRefusedSession(err);
-      if (refusedLogin(err)) this.#alert(mailbox, error);
+      if (refusedLogin(err)) this.#alert(mailbox, error, `Google refused the XOAUTH2 login of ${mailbox}; ${DELEGATION_FIX}`);
       return error;
     };
   }
 
-  #alert(mailbox: string, error: SmtpError): void {
+  /** Logged once per mailbox and reply, until a delivery succeeds. */
+  #alert(mailbox: string, error: SmtpError, what: string): void {
     const key = mailbox.toLowerCase();
-    if (this.#alerted.get(key) === error.reply) return;
-    this.#alerted.set(key, error.reply);
-    this.#options.log?.error(
-      { event: 'upstream.alert', upstream: this.name, mailbox, reply: error.reply },
-      `upstream ${this.name}: Google refused the XOAUTH2 login of ${mailbox}; ${DELEGATION_FIX}`,
-    );
+    const reply = error.cause instanceof SmtpError ? error.cause.reply : error.reply;
+    if (this.#alerted.get(key) === reply) return;
+    this.#alerted.set(key, reply);
+    this.#options.log?.error({ event: 'upstream.alert', upstream: this.name, mailbox, reply }, `upstream ${this.name}: ${what}`);
   }
 
   async close(): Promise<void> {

@@ -10,22 +10,10 @@
  *   https://learn.microsoft.com/exchange/client-developer/legacy-protocols/how-to-authenticate-an-imap-pop-smtp-application-by-using-oauth
  * - Set-OrganizationConfig -RejectDirectSend (Direct Send blocked tenant-wide: 550 5.7.68)
  */
-import { SmtpError } from '../../smtp-error.js';
+import type { SmtpError } from '../../smtp-error.js';
+import { classifyReply, type ClassifiedReply, type ReplyRow } from '../reply-table.js';
 
-/**
- * defer: retried later, never bounced (the cause passes by itself: throttling, quotas);
- * alert: retried later too, and logged as an error naming the fix (a setting only an admin can change);
- * bounce: failed permanently, the explanation goes into the DSN.
- */
-export type ReplyAction = 'defer' | 'alert' | 'bounce';
-
-export interface ExchangeReplyRow {
-  /** Matched against the reply as "code enhanced text", e.g. "535 5.7.3 Authentication unsuccessful". */
-  pattern: RegExp;
-  action: ReplyAction;
-  /** What happened and what to do, for the log and the DSN. */
-  explanation: string;
-}
+export type ExchangeReplyRow = ReplyRow;
 
 const AUTH_FIX =
   'grant the app the Office 365 Exchange Online application permission SMTP.SendAsApp (with admin consent), register its service principal in Exchange Online (New-ServicePrincipal -AppId CLIENT_ID -ObjectId ENTERPRISE_APP_OBJECT_ID) and give it the mailbox (Add-MailboxPermission -Identity MAILBOX -User SERVICE_PRINCIPAL_ID -AccessRights FullAccess)';
@@ -82,24 +70,7 @@ export const EXCHANGE_REPLIES: readonly ExchangeReplyRow[] = [
   },
 ];
 
-export interface ClassifiedReply {
-  error: SmtpError;
-  /** Set for alert rows: the line to log as an error. */
-  alert?: string;
-  row?: ExchangeReplyRow;
-}
-
 /** The first row that matches `error`, applied: defer and alert become temporary (4xx), bounce stays permanent. */
 export function classifyExchangeReply(error: SmtpError, rows: readonly ExchangeReplyRow[] = EXCHANGE_REPLIES): ClassifiedReply {
-  const row = rows.find((r) => r.pattern.test(error.reply));
-  if (!row) return { error };
-  if (row.action === 'bounce') {
-    const code = error.temporary ? 550 : error.code;
-    const enhanced = error.temporary ? `5${error.enhanced.slice(1)}` : error.enhanced;
-    return { error: new SmtpError(code, enhanced, `${error.message} (${row.explanation})`, { cause: error }), row };
-  }
-  const code = error.temporary ? error.code : 451;
-  const enhanced = error.temporary ? error.enhanced : `4${error.enhanced.slice(1)}`;
-  const deferred = new SmtpError(code, enhanced, `${row.explanation}; Exchange said: ${error.reply}`, { cause: error });
-  return { error: deferred, row, ...(row.action === 'alert' ? { alert: row.explanation } : {}) };
+  return classifyReply(error, rows, 'Exchange');
 }
