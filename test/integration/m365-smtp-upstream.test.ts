@@ -199,6 +199,29 @@ test('legacyBasicAuth warns at start-up about the retirement; 550 5.7.30 defers 
   assert.ok(w.logs.some((l) => l.event === 'upstream.alert'));
 });
 
+test('legacyBasicAuth with a wrong password: 535 5.7.3 defers and alerts with the Basic auth advice (password, MFA, SMTP AUTH, move to OAuth), not the app setup; test-upstream says the same', async (t) => {
+  const w = await world(t, {
+    upstream: { app: undefined, legacyBasicAuth: { user: 'scans@contoso.com', pass: 'changed-since' } },
+    basicAuth: true,
+    mailboxes: [{ address: 'scans@contoso.com', password: 'p' }],
+  });
+  const err = failure(await deliverOrError(w.upstream, request('scans@contoso.com', ['a@example.net'])));
+  assert.equal(err.temporary, true, 'deferred, not bounced');
+  assert.match(err.message, /refused the mailbox's password \(legacyBasicAuth\).*app password.*MFA.*Security Defaults.*SmtpClientAuthenticationDisabled \$false.*end of December 2026.*OAuth.*Exchange said: 535 5\.7\.3/);
+  assert.doesNotMatch(err.message, /SMTP\.SendAsApp|New-ServicePrincipal/);
+  assert.deepEqual(w.exchange.authFailures.map((f) => f.method), ['LOGIN'], 'one login, no token to renew');
+  const alert = w.logs.find((l) => l.event === 'upstream.alert');
+  assert.match(String(alert?.msg), /mailbox's password/);
+  assert.doesNotMatch(String(alert?.msg), /SMTP\.SendAsApp/);
+
+  const steps: ProbeStep[] = [];
+  assert.equal(await w.upstream.probe!((s) => steps.push(s)), false);
+  const auth = steps.find((s) => s.step === 'AUTH');
+  assert.match(auth!.detail, /Basic auth \(legacyBasicAuth\) as scans@contoso\.com refused: 535 5\.7\.3/);
+  assert.match(auth!.fix ?? '', /mailbox's password.*move to an app under microsoft\.apps/);
+  assert.doesNotMatch(auth!.fix ?? '', /SMTP\.SendAsApp/);
+});
+
 test('legacyBasicAuth still delivers where the tenant allows Basic auth', async (t) => {
   const w = await world(t, { upstream: { app: undefined, legacyBasicAuth: { user: 'scans@contoso.com', pass: 'p' } }, basicAuth: true, mailboxes: [{ address: 'scans@contoso.com', password: 'p' }] });
   assert.equal((await w.upstream.deliver(request('scans@contoso.com', ['a@example.net'])))[0]!.delivered, true);

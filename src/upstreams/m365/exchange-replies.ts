@@ -13,7 +13,16 @@
 import type { SmtpError } from '../../smtp-error.js';
 import { classifyReply, type ClassifiedReply, type ReplyRow } from '../reply-table.js';
 
-export type ExchangeReplyRow = ReplyRow;
+/** How an upstream logs in to Exchange Online: with an app's token (XOAUTH2), or a password (legacyBasicAuth). */
+export type ExchangeLogin = 'app' | 'legacyBasicAuth';
+
+export interface ExchangeReplyRow extends ReplyRow {
+  /** Only for upstreams that log in this way; the first row that matches wins, so it comes before the general one. */
+  login?: ExchangeLogin;
+}
+
+/** When Microsoft turns Basic auth for SMTP AUTH client submission off by default. */
+export const BASIC_AUTH_RETIREMENT = 'the end of December 2026';
 
 const AUTH_FIX =
   'grant the app the Office 365 Exchange Online application permission SMTP.SendAsApp (with admin consent), register its service principal in Exchange Online (New-ServicePrincipal -AppId CLIENT_ID -ObjectId ENTERPRISE_APP_OBJECT_ID) and give it the mailbox (Add-MailboxPermission -Identity MAILBOX -User SERVICE_PRINCIPAL_ID -AccessRights FullAccess)';
@@ -48,6 +57,13 @@ export const EXCHANGE_REPLIES: readonly ExchangeReplyRow[] = [
   },
   {
     pattern: /^5\d\d 5\.7\.3\b/,
+    login: 'legacyBasicAuth',
+    action: 'alert',
+    explanation:
+      `Exchange Online refused the mailbox's password (legacyBasicAuth): check legacyBasicAuth.user and pass (an app password where the account uses MFA; Security Defaults or Conditional Access can refuse Basic auth) and that SMTP AUTH is enabled for the mailbox (Set-CASMailbox -Identity MAILBOX -SmtpClientAuthenticationDisabled $false). Microsoft turns Basic auth for SMTP AUTH off by default at ${BASIC_AUTH_RETIREMENT}: move to an app under microsoft.apps (OAuth)`,
+  },
+  {
+    pattern: /^5\d\d 5\.7\.3\b/,
     action: 'alert',
     explanation: `Exchange Online refused the login: ${AUTH_FIX}`,
   },
@@ -70,7 +86,14 @@ export const EXCHANGE_REPLIES: readonly ExchangeReplyRow[] = [
   },
 ];
 
-/** The first row that matches `error`, applied: defer and alert become temporary (4xx), bounce stays permanent. */
-export function classifyExchangeReply(error: SmtpError, rows: readonly ExchangeReplyRow[] = EXCHANGE_REPLIES): ClassifiedReply {
-  return classifyReply(error, rows, 'Exchange');
+/**
+ * The first row that matches `error`, applied: defer and alert become temporary (4xx), bounce stays permanent.
+ * `login` is how the upstream logged in, so a refused login is explained for that login; rows for another are skipped.
+ */
+export function classifyExchangeReply(error: SmtpError, login?: ExchangeLogin): ClassifiedReply<ExchangeReplyRow> {
+  return classifyReply(
+    error,
+    EXCHANGE_REPLIES.filter((row) => row.login === undefined || row.login === login),
+    'Exchange',
+  );
 }

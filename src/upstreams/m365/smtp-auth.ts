@@ -21,7 +21,7 @@ import { probeSmtp, type SmtpProbeLogin } from '../smtp-probe.js';
 import { deferRefusedSession, failedCommand, sendRaw, type ErrorMapper } from '../smtp-send.js';
 import type { DeliveryRequest, ProbeOptions, ProbeStep, RecipientOutcome, Upstream } from '../upstream.js';
 import type { M365SmtpUpstreamConfig } from './config.js';
-import { classifyExchangeReply } from './exchange-replies.js';
+import { BASIC_AUTH_RETIREMENT, classifyExchangeReply, type ExchangeLogin } from './exchange-replies.js';
 
 export interface M365Deps {
   hostname: string;
@@ -29,14 +29,13 @@ export interface M365Deps {
   microsoft: MicrosoftApps;
 }
 
-/** When Microsoft turns Basic auth for SMTP AUTH client submission off by default. */
-export const BASIC_AUTH_RETIREMENT = 'the end of December 2026';
-
 export class M365SmtpUpstream implements Upstream {
   readonly #transport: Transporter;
   readonly #limit: KeyedLimit;
   readonly #tokens: TokenSource | undefined;
   readonly #log: Logger;
+  /** Which Exchange replies' explanations fit: a refused password is not a refused app. */
+  readonly #login: ExchangeLogin;
   /** Mailboxes whose last failure was logged as an alert, with its reply: logged once, until a delivery succeeds. */
   readonly #alerted = new Map<string, string>();
   /** Cuts connections still open when the daemon stops (a stalled Exchange): their mail stays queued. */
@@ -51,6 +50,7 @@ export class M365SmtpUpstream implements Upstream {
     this.#limit = new KeyedLimit(config.maxConnectionsPerMailbox);
     this.#tokens = config.app === undefined ? undefined : deps.microsoft.tokenSource(config.app);
     const basic = config.legacyBasicAuth;
+    this.#login = basic ? 'legacyBasicAuth' : 'app';
     this.#transport = nodemailer.createTransport({
       pool: false,
       host: config.host,
@@ -111,7 +111,7 @@ export class M365SmtpUpstream implements Upstream {
   /** Exchange's replies through the table; anything else as the smtp upstream reads it. */
   #mapError(mailbox: string): ErrorMapper {
     return (err, origin) => {
-      const classified = classifyExchangeReply(toSmtpError(err));
+      const classified = classifyExchangeReply(toSmtpError(err), this.#login);
       if (classified.alert) this.#raiseAlert(mailbox, classified.error, classified.alert);
       if (classified.row) return classified.error;
       return origin === 'session' ? deferRefusedSession(err) : classified.error;
@@ -150,7 +150,7 @@ export class M365SmtpUpstream implements Upstream {
         const token = await this.#tokens!.getToken(this.config.scope);
         return { type: 'OAuth2', user: mailbox, method: 'XOAUTH2', oauth2: new XOAuth2({ user: mailbox, accessToken: token.token, expires: token.expiresAt }) };
       },
-      explain: (error) => classifyExchangeReply(error).row?.explanation,
+      explain: (error) => classifyExchangeReply(error, this.#login).row?.explanation,
     };
     const target = {
       host: this.config.host,
