@@ -1,4 +1,4 @@
-/** MX host derivation, the Direct Send recipient check, and the per-mailbox connection limit. */
+/** MX host derivation, the Direct Send recipient check (IDNs in either form), and the per-mailbox connection limit. */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { parseConfig } from '../../src/config/load.js';
@@ -27,6 +27,43 @@ test('Direct Send accepts only recipients in the accepted domains (case-insensit
   assert.equal(directSendAccepts(config, 'eve@contoso.com.evil.net'), false);
   assert.equal(directSendAccepts(config, 'no-at-sign'), false);
   assert.equal(directSendAccepts({ mode: 'connector', acceptedDomains: ['contoso.com'] }, 'eve@example.net'), true, 'a connector relays anywhere');
+});
+
+test('Direct Send compares an IDN tenant domain in its A-label form, however config and recipient spell it', () => {
+  const listedAscii = { mode: 'directSend' as const, acceptedDomains: ['xn--bcher-kva.de'] };
+  assert.equal(directSendAccepts(listedAscii, 'anna@bücher.de'), true, 'the Unicode form of the listed xn-- domain');
+  assert.equal(directSendAccepts(listedAscii, 'anna@BÜCHER.de'), true);
+  assert.equal(directSendAccepts(listedAscii, 'anna@xn--bcher-kva.de'), true);
+  assert.equal(directSendAccepts(listedAscii, 'anna@bucher.de'), false, 'not the same domain without the umlaut');
+  const listedUnicode = { mode: 'directSend' as const, acceptedDomains: ['bücher.de'] };
+  assert.equal(directSendAccepts(listedUnicode, 'anna@xn--bcher-kva.de'), true);
+  assert.equal(directSendAccepts(listedUnicode, 'anna@bücher.de'), true);
+
+  const config = parseConfig(
+    [
+      'spool: { dir: /tmp/x }',
+      'listeners: [{ name: relay, role: relay, port: 2525 }]',
+      'upstreams:',
+      '  tenant: { type: m365-connector, mode: directSend, domain: bücher.de, acceptedDomains: [Bücher.de, contoso.com] }',
+      'routing: { default: tenant }',
+    ].join('\n'),
+  );
+  const tenant = config.upstreams.tenant!;
+  assert.ok(tenant.type === 'm365-connector');
+  assert.deepEqual(tenant.acceptedDomains, ['xn--bcher-kva.de', 'contoso.com'], 'normalised to lower-case A-labels when the config is read');
+  assert.equal(remoteHost(tenant), 'xn--bcher-kva-de.mail.protection.outlook.com');
+  assert.equal(acceptsRecipient(tenant, 'anna@bücher.de'), true);
+  assert.equal(acceptsRecipient(tenant, 'anna@xn--bcher-kva.de'), true);
+});
+
+test('an acceptedDomains entry that is no domain in either form is refused at its key path', () => {
+  for (const bad of ['"not a domain"', 'xn--zz.de', 'contoso', '"a/b.com"']) {
+    assert.throws(
+      () => parseConfig(['spool: { dir: /tmp/x }', 'listeners: [{ name: relay, role: relay, port: 2525 }]', 'upstreams:', `  tenant: { type: m365-connector, mode: directSend, domain: contoso.com, acceptedDomains: [contoso.com, ${bad}] }`, 'routing: { default: tenant }'].join('\n'), 'test.yaml'),
+      (err: unknown) => (err as { problems?: string[] }).problems?.some((p) => p.startsWith('upstreams.tenant.acceptedDomains[1]: expected a domain name')) === true,
+      bad,
+    );
+  }
 });
 
 test('acceptsRecipient and remoteHost answer for every upstream type', () => {

@@ -1,13 +1,18 @@
+import { domainToASCII } from 'node:url';
 import { z } from 'zod';
 import { secret } from '../../config/secret.js';
 import { duration, intBetween, port } from '../../config/units.js';
 
 const appName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/, { error: 'expected the name of an app registration under microsoft.apps' });
 const mailboxAddress = z.string().regex(/^[^@\s<>]+@[^@\s<>]+$/, { error: 'expected "fromSender" or the address of the sending mailbox, such as scans@contoso.com' });
-const domainName = z
-  .string()
-  .regex(/^(?=.{1,253}$)([A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z0-9-]{2,63}$/, { error: 'expected a domain name such as contoso.com' })
-  .transform((d) => d.toLowerCase());
+const ASCII_DOMAIN = /^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$/;
+/** A domain as it goes on the wire: lower-case A-labels, so an IDN may be written either way (bücher.de, xn--bcher-kva.de). */
+const domainName = z.string().transform((d, ctx) => {
+  const ascii = domainToASCII(d);
+  if (ASCII_DOMAIN.test(ascii)) return ascii;
+  ctx.addIssue({ code: 'custom', message: 'expected a domain name such as contoso.com (or bücher.de)' });
+  return z.NEVER;
+});
 
 /** `upstreams.<name>` with `type: m365-smtp`: Exchange Online SMTP AUTH client submission. */
 export const m365SmtpUpstreamSchema = z

@@ -6,6 +6,7 @@
  * replaced by hyphens under mail.protection.outlook.com (newer tenants may have one under mx.microsoft:
  * give it as `host`).
  */
+import { domainToASCII } from 'node:url';
 import type { M365ConnectorUpstreamConfig } from './config.js';
 
 /** contoso.com -> contoso-com.mail.protection.outlook.com */
@@ -30,6 +31,11 @@ export function acceptsRecipient(config: Pick<M365ConnectorUpstreamConfig, 'mode
   if (config.mode !== 'directSend') return true;
   const at = address.lastIndexOf('@');
   if (at < 0) return false;
-  const domain = address.slice(at + 1).toLowerCase().replace(/\.$/, '');
-  return (config.acceptedDomains ?? []).includes(domain);
+  const domain = asciiDomain(address.slice(at + 1).replace(/\.$/, ''));
+  return (config.acceptedDomains ?? []).some((accepted) => asciiDomain(accepted) === domain);
+}
+
+/** An IDN compares in its A-label form: anna@bücher.de is anna@xn--bcher-kva.de on the wire. */
+function asciiDomain(domain: string): string {
+  return domainToASCII(domain) || domain.toLowerCase();
 }
