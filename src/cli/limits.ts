@@ -13,9 +13,10 @@ export const limits: Command = {
   usage: `Usage: smarthost limits show [--json]
        smarthost limits reset [UPSTREAM]
 
-show   each limit (per upstream, or per upstream and sending mailbox), its use and when it resets, from
-       the counters the daemon saves in state.dir/limits.json (every few seconds and at stop), or with
-       state.redis, read live from Redis (shared by every instance, limits as this config sets them)
+show   each limit (per upstream, or per upstream and the mailbox it sends as: UPSTREAM/MAILBOX), its use
+       and when it resets, from the counters the daemon saves in state.dir/limits.json (every few seconds
+       and at stop), or with state.redis, read live from Redis (shared by every instance, limits as this
+       config sets them)
 reset  forgets what was sent through UPSTREAM (every upstream without a name), through the running
        daemon's admin API; mail already waiting for a window keeps its time ("queue retry --all" sends it now)
 

@@ -200,7 +200,9 @@ export class DeliveryAttempts {
    */
   async #overLimit(record: MessageRecord, upstream: string, sender: string, count: number, recipients: readonly string[]): Promise<number | undefined> {
     const limits = this.#limits;
-    const key = limits?.key(upstream, sender);
+    // Counted against whom the provider counts: the mailbox that logs in, not each sender it carries.
+    const sendsAs = this.#o.upstreams.get(upstream)?.upstream.sendsAs?.(sender) ?? sender;
+    const key = limits?.key(upstream, sendsAs);
     if (!limits || key === undefined) return undefined;
     const now = this.#o.clock.now();
     let check: LimitCheck;

@@ -20,7 +20,11 @@ export const limitsSchema = z.union([
     recipientsPerHour: count.optional(),
     recipientsPerDay: count.optional(),
     recipientsPerWeek: count.optional(),
-    /** Count each envelope sender (after rewriting) on its own, as Exchange Online counts per mailbox. */
+    /**
+     * Count each mailbox the upstream sends as on its own, as Exchange Online counts per mailbox: the one that
+     * logs in (a fixed mailbox carries every sender), or each envelope sender after rewriting (mailbox:
+     * fromSender, and upstreams that log in as no mailbox: smtp, mailjet).
+     */
     perMailbox: z.boolean().optional(),
     /** fixed: windows reset whole at each minute, hour, UTC day or week (Monday); sliding: the last minute, hour... */
     mode: z.enum(['fixed', 'sliding']).optional(),

@@ -1,8 +1,8 @@
 /**
- * Outbound send limits: messages and recipients per minute, hour, day and week, per upstream or per sending
- * mailbox of an upstream. Pure: the caller passes `now`, so windows are tested without sleeping. Mail over a
- * limit is not refused here; check() answers the exact time the window lets it through, and the scheduler
- * defers the recipients to then.
+ * Outbound send limits: messages and recipients per minute, hour, day and week, per upstream or per mailbox an
+ * upstream sends as (Upstream.sendsAs: the mailbox that logs in, or the sender itself). Pure: the caller passes
+ * `now`, so windows are tested without sleeping. Mail over a limit is not refused here; check() answers the
+ * exact time the window lets it through, and the scheduler defers the recipients to then.
  *
  * fixed windows start at multiples of their length since the epoch (UTC midnight for days, Monday 00:00 UTC
  * for weeks) and reset whole; sliding windows count what was sent in the last window length.
@@ -24,7 +24,7 @@ export interface LimitsConfig {
   recipientsPerHour?: number | undefined;
   recipientsPerDay?: number | undefined;
   recipientsPerWeek?: number | undefined;
-  /** Count each envelope sender separately (Exchange Online counts per mailbox). */
+  /** Count each mailbox the upstream sends as separately (Exchange Online counts per mailbox). */
   perMailbox: boolean;
   mode: 'fixed' | 'sliding';
 }
@@ -94,8 +94,11 @@ export function longestWindow(rules: readonly LimitRule[]): number {
  * the counters cannot be reached (Redis down): the caller defers the mail rather than send it unchecked.
  */
 export interface SendLimits {
-  /** The counter key for mail from `sender` through `upstream`, or undefined when the upstream has no limits. */
-  key(upstream: string, sender: string): string | undefined;
+  /**
+   * The counter key for mail through `upstream` sent as `sendsAs` (Upstream.sendsAs of the sender: the mailbox
+   * that logs in), or undefined when the upstream has no limits.
+   */
+  key(upstream: string, sendsAs: string): string | undefined;
   /** Counts one message to `recipients` recipients at `now` if it fits every limit; otherwise counts nothing. */
   take(key: string, recipients: number, now: number): Promise<LimitCheck>;
   /** Each limit of each key with any use, for `smarthost limits show`. */
@@ -116,11 +119,11 @@ export class SendLimiter {
     this.#limits = limits;
   }
 
-  /** The counter key for mail from `sender` through `upstream`, or undefined when the upstream has no limits. */
-  key(upstream: string, sender: string): string | undefined {
+  /** `upstream`, or with perMailbox `upstream/mailbox`; undefined when the upstream has no limits. */
+  key(upstream: string, sendsAs: string): string | undefined {
     const config = this.#limits.get(upstream);
     if (!config || limitRules(config).length === 0) return undefined;
-    return config.perMailbox ? `${upstream}/${sender.toLowerCase()}` : upstream;
+    return config.perMailbox ? `${upstream}/${sendsAs.toLowerCase()}` : upstream;
   }
 
   /** Whether one message to `recipients` recipients may go now; if not, the earliest time it may. */
@@ -246,8 +249,8 @@ export class SendLimiter {
 export class LocalSendLimits implements SendLimits {
   constructor(readonly limiter: SendLimiter) {}
 
-  key(upstream: string, sender: string): string | undefined {
-    return this.limiter.key(upstream, sender);
+  key(upstream: string, sendsAs: string): string | undefined {
+    return this.limiter.key(upstream, sendsAs);
   }
 
   async take(key: string, recipients: number, now: number): Promise<LimitCheck> {

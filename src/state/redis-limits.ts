@@ -22,8 +22,8 @@ export class RedisSendLimits implements SendLimits {
     this.#local = new SendLimiter(limits);
   }
 
-  key(upstream: string, sender: string): string | undefined {
-    return this.#local.key(upstream, sender);
+  key(upstream: string, sendsAs: string): string | undefined {
+    return this.#local.key(upstream, sendsAs);
   }
 
   async take(key: string, recipients: number, now: number): Promise<LimitCheck> {

@@ -1,5 +1,7 @@
 import type { Config, UpstreamConfig } from '../config/schema.js';
 import { createLogger, type Logger } from '../log.js';
+import { googleMailbox } from './google/config.js';
+import { graphMailbox } from './graph/config.js';
 import { M365ConnectorUpstream } from './m365/connector.js';
 import { acceptsRecipient as directSendAccepts, connectorHost } from './m365/direct-send.js';
 import { M365SmtpUpstream } from './m365/smtp-auth.js';
@@ -68,18 +70,28 @@ export function createUpstream(name: string, config: UpstreamConfig, hostname: s
       return new M365SmtpUpstream(name, config, { hostname, ...services, microsoft: microsoftOf(services, name) });
     case 'm365-connector':
       return new M365ConnectorUpstream(name, config, { hostname, log: services.log });
+    case 'graph':
+      return new LazyUpstream(name, openUpstream(name, config, hostname, services), (sender) => graphMailbox(config, sender));
+    case 'google':
+      return new LazyUpstream(name, openUpstream(name, config, hostname, services), (sender) => googleMailbox(config, sender));
     default:
       return new LazyUpstream(name, openUpstream(name, config, hostname, services));
   }
 }
 
 class LazyUpstream implements Upstream {
+  /** sendsAs: the loaded upstream's, from its config (send limits ask before anything is loaded). */
   constructor(
     readonly name: string,
     private readonly upstream: Promise<Upstream>,
+    private readonly mailboxOf: (sender: string) => string = (sender) => sender,
   ) {
     // Reported by the first call; not an unhandled rejection meanwhile.
     upstream.catch(() => {});
+  }
+
+  sendsAs(sender: string): string {
+    return this.mailboxOf(sender);
   }
 
   async deliver(request: DeliveryRequest): Promise<RecipientOutcome[]> {

@@ -26,6 +26,12 @@ export type RecipientOutcome =
 export interface Upstream {
   readonly name: string;
   deliver(request: DeliveryRequest): Promise<RecipientOutcome[]>;
+  /**
+   * Whom the provider counts mail from `sender` against: the mailbox that logs in (a fixed mailbox, however
+   * many senders it carries) or the sender itself (mailbox: fromSender). Send limits with perMailbox count
+   * per this identity. Pure. Without it (smtp, mailjet: one account, no mailbox), the sender.
+   */
+  sendsAs?(sender: string): string;
   close(): Promise<void>;
   /**
    * `smarthost test-upstream`: checks each step of reaching the upstream (token, connection, TLS, login)

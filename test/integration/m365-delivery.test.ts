@@ -7,10 +7,11 @@
 import assert from 'node:assert/strict';
 import { test, type TestContext } from 'node:test';
 import nodemailer from 'nodemailer';
+import { formatUses } from '../../src/cli/limits.js';
 import { startInProcess, tempDir, testConfig, type InProcessDaemon } from '../helpers/daemon.js';
 import { startSink } from '../helpers/sink.js';
 import { makeTestCertificate } from '../helpers/tls.js';
-import { startFakeExchange, type FakeExchange } from '../fakes/exchange-smtp.js';
+import { startFakeExchange, type ExchangeMailbox, type FakeExchange } from '../fakes/exchange-smtp.js';
 import { startFakeMx, type FakeMx, type FakeMxOptions } from '../fakes/exchange-mx.js';
 import { startIdentityProvider, type FakeIdentityProvider } from '../fakes/identity-provider.js';
 
@@ -29,12 +30,17 @@ async function relayWith(t: TestContext, upstream: Record<string, unknown>, extr
   return relay;
 }
 
-async function m365World(t: TestContext, tokenLifetimeSeconds = 3599, upstreamExtra: Record<string, unknown> = {}): Promise<{ idp: FakeIdentityProvider; exchange: FakeExchange; relay: InProcessDaemon }> {
+async function m365World(
+  t: TestContext,
+  tokenLifetimeSeconds = 3599,
+  upstreamExtra: Record<string, unknown> = {},
+  mailboxes: ExchangeMailbox[] = [{ address: 'scans@contoso.com', apps: [CLIENT] }, { address: 'invoices@contoso.com', apps: [CLIENT] }],
+): Promise<{ idp: FakeIdentityProvider; exchange: FakeExchange; relay: InProcessDaemon }> {
   const idp = await startIdentityProvider();
   t.after(() => idp.close());
   idp.register({ tenantId: TENANT, clientId: CLIENT, secret: SECRET });
   idp.tokenLifetimeSeconds = tokenLifetimeSeconds;
-  const exchange = await startFakeExchange({ idp, tenantId: TENANT, mailboxes: [{ address: 'scans@contoso.com', apps: [CLIENT] }, { address: 'invoices@contoso.com', apps: [CLIENT] }] });
+  const exchange = await startFakeExchange({ idp, tenantId: TENANT, mailboxes });
   t.after(() => exchange.close());
   const relay = await relayWith(
     t,
@@ -116,6 +122,26 @@ test('m365-smtp without the preset send limits: a mailbox Exchange refuses over 
   assert.equal(results(relay, 'bounced').length, 0, 'throttling never bounces');
   assert.equal(relay.logs().filter((l) => l.event === 'bounce.queued').length, 0);
   assert.ok(Math.max(...exchange.peakSessions.values()) <= 3, 'never more than 3 connections per mailbox');
+});
+
+test('m365-smtp with a fixed mailbox: 40 messages from two senders are held back at the mailbox\'s 30 a minute by smarthost, not refused by Exchange', async (t) => {
+  // Exchange counts the mailbox that logs in, whichever sender it sends as: the preset's counter must be that mailbox's.
+  const { exchange, relay } = await m365World(t, 3599, { mailbox: 'scans@contoso.com' }, [{ address: 'scans@contoso.com', apps: [CLIENT], sendAs: ['a@contoso.com', 'b@contoso.com'] }]);
+  const burst = Array.from({ length: 40 }, (_, i) => ({ from: i % 2 ? 'b@contoso.com' : 'a@contoso.com', to: [`r${i}@example.net`], id: `shared-${i}` }));
+  await send(relay, burst);
+  const limited = () => new Set(relay.logs().filter((l) => l.event === 'limit.deferred').map((l) => l.queueId));
+  // Every message has had its answer: accepted, refused by Exchange, or held back by smarthost.
+  await relay.waitForLog(() => exchange.deliveries.length + exchange.refusals.length + limited().size >= 40, 20_000);
+
+  assert.deepEqual(exchange.refusals, [], 'Exchange never had to refuse a message for its quota');
+  assert.equal(exchange.deliveries.length, 30);
+  assert.deepEqual(new Set(exchange.deliveries.map((d) => d.mailbox)), new Set(['scans@contoso.com']));
+  assert.equal(limited().size, 10, 'the ten over the mailbox\'s minute wait for it');
+  assert.deepEqual(new Set(relay.logs().filter((l) => l.event === 'limit.deferred').map((l) => l.key)), new Set(['up/scans@contoso.com']));
+  assert.equal(results(relay, 'deferred').length + results(relay, 'bounced').length, 0, 'held back, not deferred by a refusal');
+  const shown = formatUses(await relay.daemon.limits!.uses(Date.now()), 'limits.json', undefined);
+  assert.match(shown, /^up\/scans@contoso\.com\s+messages\/minute\s+30\/30\s/m, 'limits show names the mailbox that logs in');
+  assert.doesNotMatch(shown, /[ab]@contoso\.com/, 'and no per-sender counters');
 });
 
 async function mxWorld(t: TestContext, mxOptions: FakeMxOptions, upstream: Record<string, unknown>): Promise<{ mx: FakeMx; relay: InProcessDaemon }> {

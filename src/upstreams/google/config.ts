@@ -81,3 +81,12 @@ export const googleUpstreamSchema = z.strictObject({
 });
 
 export type GoogleUpstreamConfig = z.output<typeof googleUpstreamSchema>;
+
+/**
+ * The mailbox impersonated for mail from `sender`, which Gmail counts its sending limits against: the fixed
+ * one, or the sender (fromSender), a bounce going as bounceMailbox ('' without one).
+ */
+export function googleMailbox(config: Pick<GoogleUpstreamConfig, 'mailbox' | 'bounceMailbox'>, sender: string): string {
+  if (config.mailbox !== 'fromSender') return config.mailbox;
+  return sender !== '' ? sender : (config.bounceMailbox ?? '');
+}

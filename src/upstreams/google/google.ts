@@ -15,7 +15,7 @@ import { smtpConnectionOptions } from '../smtp.js';
 import { probeSmtp } from '../smtp-probe.js';
 import { deferRefusedSession, failedCommand, sendRaw, type ErrorMapper } from '../smtp-send.js';
 import type { DeliveryRequest, ProbeOptions, ProbeStep, RecipientOutcome, Upstream } from '../upstream.js';
-import { GMAIL_SCOPE, type GoogleUpstreamConfig } from './config.js';
+import { GMAIL_SCOPE, googleMailbox, type GoogleUpstreamConfig } from './config.js';
 import { classifyGmailReply } from './gmail-replies.js';
 import { ServiceAccountTokenSource, type ServiceAccountTokenSourceOptions } from './token-source.js';
 
@@ -103,11 +103,14 @@ export class GoogleUpstream implements Upstream {
     );
   }
 
+  sendsAs(sender: string): string {
+    return googleMailbox(this.#config, sender);
+  }
+
   #mailboxFor(sender: string): string {
-    if (this.#config.mailbox !== 'fromSender') return this.#config.mailbox;
-    if (sender !== '') return sender;
-    if (this.#config.bounceMailbox) return this.#config.bounceMailbox;
-    throw new SmtpError(550, '5.7.0', `upstream ${this.name} logs in as the sender (mailbox: fromSender) and a bounce has none: set bounceMailbox`);
+    const mailbox = this.sendsAs(sender);
+    if (mailbox === '') throw new SmtpError(550, '5.7.0', `upstream ${this.name} logs in as the sender (mailbox: fromSender) and a bounce has none: set bounceMailbox`);
+    return mailbox;
   }
 
   #tokenSource(mailbox: string): ServiceAccountTokenSource {

@@ -33,3 +33,8 @@ export const graphUpstreamSchema = z.strictObject({
 });
 
 export type GraphUpstreamConfig = z.output<typeof graphUpstreamSchema>;
+
+/** The mailbox Graph sends `sender`'s mail from, and Exchange counts it against: the fixed one, or the sender ('' for a bounce). */
+export function graphMailbox(config: Pick<GraphUpstreamConfig, 'mailbox'>, sender: string): string {
+  return config.mailbox === 'fromSender' ? sender : config.mailbox;
+}

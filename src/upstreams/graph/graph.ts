@@ -10,7 +10,7 @@ import { SmtpError } from '../../smtp-error.js';
 import type { TokenSource } from '../oauth/token-source.js';
 import type { DeliveryRequest, ProbeOptions, ProbeStep, RecipientOutcome, Upstream } from '../upstream.js';
 import { GraphClient, graphScope } from './client.js';
-import { DEFAULT_GRAPH_BASE_URL, type GraphUpstreamConfig } from './config.js';
+import { DEFAULT_GRAPH_BASE_URL, graphMailbox, type GraphUpstreamConfig } from './config.js';
 import { DELETE_AFTER_SUBMIT, planDraft, sendDraft } from './draft.js';
 import { classifyGraphError, GraphHttpError } from './errors.js';
 import { nodeHttp, type HttpSend, type NodeHttp } from './http.js';
@@ -52,8 +52,12 @@ export class GraphUpstream implements Upstream {
     });
   }
 
+  sendsAs(sender: string): string {
+    return graphMailbox(this.#config, sender);
+  }
+
   async deliver(request: DeliveryRequest): Promise<RecipientOutcome[]> {
-    const mailbox = this.#config.mailbox === 'fromSender' ? request.sender : this.#config.mailbox;
+    const mailbox = this.sendsAs(request.sender);
     if (!mailbox) {
       const error = new SmtpError(
         550,

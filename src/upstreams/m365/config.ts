@@ -89,3 +89,11 @@ export const m365ConnectorUpstreamSchema = z
 
 export type M365SmtpUpstreamConfig = z.output<typeof m365SmtpUpstreamSchema>;
 export type M365ConnectorUpstreamConfig = z.output<typeof m365ConnectorUpstreamSchema>;
+
+/**
+ * The mailbox that logs in for mail from `sender`, which Exchange counts its sending limits against:
+ * legacyBasicAuth's user or the fixed mailbox, whoever the sender; with fromSender the sender ('' for a bounce).
+ */
+export function m365SmtpMailbox(config: { mailbox: string; legacyBasicAuth?: { user: string } | undefined }, sender: string): string {
+  return config.legacyBasicAuth?.user ?? (config.mailbox === 'fromSender' ? sender : config.mailbox);
+}

@@ -20,7 +20,7 @@ import type { TokenSource } from '../oauth/token-source.js';
 import { probeSmtp, type SmtpProbeLogin } from '../smtp-probe.js';
 import { deferRefusedSession, failedCommand, sendRaw, type ErrorMapper } from '../smtp-send.js';
 import type { DeliveryRequest, ProbeOptions, ProbeStep, RecipientOutcome, Upstream } from '../upstream.js';
-import type { M365SmtpUpstreamConfig } from './config.js';
+import { m365SmtpMailbox, type M365SmtpUpstreamConfig } from './config.js';
 import { BASIC_AUTH_RETIREMENT, classifyExchangeReply, type ExchangeLogin } from './exchange-replies.js';
 
 export interface M365Deps {
@@ -99,13 +99,16 @@ export class M365SmtpUpstream implements Upstream {
     return { type: 'OAuth2', user: mailbox, accessToken: token.token, expires: token.expiresAt };
   }
 
+  sendsAs(sender: string): string {
+    return m365SmtpMailbox(this.config, sender);
+  }
+
   #mailboxFor(sender: string): string {
-    if (this.config.legacyBasicAuth) return this.config.legacyBasicAuth.user;
-    if (this.config.mailbox !== 'fromSender') return this.config.mailbox;
-    if (sender === '') {
+    const mailbox = this.sendsAs(sender);
+    if (mailbox === '') {
       throw new SmtpError(550, '5.7.0', `upstream ${this.name} logs in as the sender (mailbox: fromSender), and a bounce has none: route bounces to an upstream with a fixed mailbox`);
     }
-    return sender;
+    return mailbox;
   }
 
   /** Exchange's replies through the table; anything else as the smtp upstream reads it. */
