@@ -8,7 +8,7 @@ import { parseCidr } from '../policy/networks.js';
 import { patternProblem } from '../routing/address-pattern.js';
 import { graphUpstreamSchema } from '../upstreams/graph/config.js';
 import { googleUpstreamSchema } from '../upstreams/google/config.js';
-import { mailjetReferenceProblems, mailjetSmtpUpstreamSchema, mailjetUpstreamSchema } from '../upstreams/mailjet/config.js';
+import { mailjetReferenceProblems, mailjetSmtpAsSmtp, mailjetSmtpUpstreamSchema, mailjetUpstreamSchema } from '../upstreams/mailjet/config.js';
 import { m365ConnectorUpstreamSchema, m365SmtpUpstreamSchema } from '../upstreams/m365/config.js';
 import { appReferenceProblems, microsoftSection } from '../upstreams/oauth/microsoft-config.js';
 import { tagsSchema } from '../upstreams/tags.js';
@@ -166,7 +166,7 @@ const upstream = z.discriminatedUnion(
     m365SmtpUpstreamSchema.extend({ limits: limitsSchema.optional() }),
     m365ConnectorUpstreamSchema.extend({ limits: limitsSchema.optional() }),
     mailjetUpstreamSchema.extend({ limits: limitsSchema.optional() }),
-    mailjetSmtpUpstreamSchema, // turns into an smtp upstream; no limits of its own
+    mailjetSmtpUpstreamSchema.extend({ limits: limitsSchema.optional() }).transform(mailjetSmtpAsSmtp), // turns into an smtp upstream
     googleUpstreamSchema.extend({ limits: limitsSchema.optional() }),
   ],
   { error: 'expected "type" to be one of: outbox, smtp, graph, m365-smtp, m365-connector, mailjet, mailjet-smtp, google' },

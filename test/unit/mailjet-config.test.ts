@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { ConfigError, parseConfig } from '../../src/config/load.js';
+import { configuredLimits } from '../../src/delivery/limits-config.js';
 import { inlineRelayConfig, type MailjetUpstreamConfig } from '../../src/upstreams/mailjet/config.js';
 import { makeServiceAccount } from '../fakes/google-token.js';
 
@@ -37,6 +38,35 @@ test('mailjet-smtp is the smtp upstream preset for in-v3.mailjet.com:587 with ST
     { host: 'in-v3.mailjet.com', port: undefined, security: 'starttls', verifyCertificate: true, method: 'PLAIN', user: 'public-key', pass: 'secret-key' },
   );
   assert.deepEqual(problems(withUpstreams('  mj: { type: mailjet-smtp, apiKey: k }')), ['upstreams.mj.secretKey: expected a secret: a string, { env: VARIABLE } or { file: PATH }']);
+});
+
+test('every upstream type may carry send limits, mailjet-smtp too: the smtp upstream it becomes keeps them', () => {
+  const limits = { messagesPerDay: 200 };
+  const upstreams = {
+    box: { type: 'outbox', dir: '/tmp/outbox' },
+    mx: { type: 'smtp', host: 'mx.example.net' },
+    graph: { type: 'graph', app: 'contoso', mailbox: 'scans@contoso.com' },
+    m365: { type: 'm365-smtp', app: 'contoso', mailbox: 'scans@contoso.com' },
+    connector: { type: 'm365-connector', domain: 'contoso.com' },
+    api: { type: 'mailjet', apiKey: 'k', secretKey: 's' },
+    mj: { type: 'mailjet-smtp', apiKey: 'k', secretKey: 's' },
+    gmail: { type: 'google', serviceAccount: makeServiceAccount().json, mailbox: 'scans@contoso.com' },
+  };
+  const text = (mj: Record<string, unknown>) =>
+    JSON.stringify({
+      spool: { dir: '/s' },
+      listeners: [{ name: 'relay', role: 'relay', port: 2525 }],
+      microsoft: { apps: { contoso: { tenantId: '72f988bf-86f1-41af-91ab-2d7cd011db47', clientId: '11111111-2222-3333-4444-555555555555', clientSecret: 's' } } },
+      upstreams: { ...Object.fromEntries(Object.entries(upstreams).map(([name, u]) => [name, { ...u, limits }])), mj },
+      routing: { default: 'mj' },
+    });
+  const config = parseConfig(text({ ...upstreams.mj, limits }));
+  assert.equal(config.upstreams.mj?.type, 'smtp');
+  assert.deepEqual(
+    [...configuredLimits(config.upstreams)].map(([name, l]) => [name, l.messagesPerDay]),
+    Object.keys(upstreams).map((name) => [name, 200]),
+  );
+  assert.deepEqual(problems(text({ ...upstreams.mj, limits: { messagesPerDay: 200, perSender: true } })), ['upstreams.mj.limits.perSender: unknown key'], 'checked as strictly as on any upstream');
 });
 
 test('mailjet defaults: api.mailjet.com, no sandbox, batches of up to 50 within 20 ms', () => {

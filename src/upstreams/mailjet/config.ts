@@ -34,19 +34,18 @@ const relaySettings = {
   timeout: duration.prefault('2m'),
 };
 
-/** `type: mailjet-smtp`: parses into the equivalent `type: smtp` config. */
-export const mailjetSmtpUpstreamSchema = z
-  .strictObject({
-    type: z.literal('mailjet-smtp'),
-    apiKey,
-    secretKey: secret,
-    ...relaySettings,
-  })
-  .transform(({ apiKey: user, secretKey: pass, ...relay }): SmtpUpstreamConfig => ({
-    ...relay,
-    type: 'smtp',
-    auth: { method: 'PLAIN', user, pass },
-  }));
+/** `type: mailjet-smtp`; config/schema.ts turns it into the equivalent `type: smtp` config with mailjetSmtpAsSmtp. */
+export const mailjetSmtpUpstreamSchema = z.strictObject({
+  type: z.literal('mailjet-smtp'),
+  apiKey,
+  secretKey: secret,
+  ...relaySettings,
+});
+
+/** A mailjet-smtp config as the smtp upstream it is, keeping what schema.ts adds to every upstream (limits). */
+export function mailjetSmtpAsSmtp<T extends z.output<typeof mailjetSmtpUpstreamSchema>>({ apiKey: user, secretKey: pass, ...relay }: T): Omit<T, 'type' | 'apiKey' | 'secretKey'> & SmtpUpstreamConfig {
+  return { ...relay, type: 'smtp', auth: { method: 'PLAIN', user, pass } };
+}
 
 /** `type: mailjet`: the Send API v3.1. */
 export const mailjetUpstreamSchema = z.strictObject({
