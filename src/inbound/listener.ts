@@ -57,6 +57,7 @@ function headerFromAddresses(block: Buffer | undefined): string[] {
 }
 
 type Callback = (err?: Error | null) => void;
+type Connection = SMTPServer['connections'] extends Set<infer C> ? C : never;
 
 /** The path of a MAIL FROM or RCPT TO command when it starts with a source route: "<@a,@b:user@domain>". */
 const SOURCE_ROUTED_PATH = /^[^:]*:\s*<(@[^<>\s]*)>/;
@@ -134,11 +135,6 @@ export class Listener {
       // Only these peers may (and must) open with a PROXY header; from any other peer the line is an unknown command (500).
       useProxy: c.proxyProtocol ? [...c.proxyProtocol.from] : false,
       onConnect: (session, cb) => cb(this.#onConnect(session)),
-      onSecure: (_socket, session, cb) => {
-        // Inside TLS the listener-wide list applies again, so AUTH is offered.
-        delete session.disabledCommands;
-        cb();
-      },
       onClose: (session) => this.#onClose(session),
       onAuth: (auth, session, cb) => {
         this.#onAuth(auth.username ?? '', auth.password ?? '', session).then(
@@ -220,13 +216,42 @@ export class Listener {
     return this.config.tls ? [] : ['STARTTLS'];
   }
 
+  /** smtp-server's connection behind a session, for the few of its handlers this listener adapts. */
+  #connectionOf(session: SMTPServerSession): Connection | undefined {
+    for (const connection of this.server.connections) if (connection.session === session) return connection;
+    return undefined;
+  }
+
   /**
-   * smtp-server advertises and accepts AUTH in clear unless STARTTLS is offered and allowInsecureAuth is off,
-   * and even then it lists AUTH before STARTTLS. Without allowInsecureAuth a password may only cross inside
-   * TLS: AUTH is disabled for the session until onSecure (never, when the listener has no TLS).
+   * Without allowInsecureAuth a password may only cross inside TLS. smtp-server takes AUTH in clear where the
+   * listener has no STARTTLS, and where it has, lists AUTH in EHLO before it and answers AUTH with 538 and
+   * RFC 3207's text. Before TLS, EHLO here leaves AUTH out and AUTH is answered as RFC 3207 and RFC 4954 say:
+   * 530 5.7.0 where STARTTLS is offered, 538 5.7.11 where the listener has no TLS. (Disabling the command for
+   * the session, as before, answered 500 "command not recognized", and smtp-server ends a session after ten.)
    */
-  #restrictAuth(session: SMTPServerSession): void {
-    if (!session.secure && !this.config.allowInsecureAuth) session.disabledCommands = [...this.#serverDisabledCommands(), 'AUTH'];
+  #requireTlsForAuth(connection: Connection): void {
+    if (this.config.allowInsecureAuth) return;
+    const ehlo = connection.handler_EHLO.bind(connection);
+    connection.handler_EHLO = (command, callback) => {
+      if (connection.secure) return ehlo(command, callback);
+      // EHLO lists AUTH unless the session disables it; disabled only while EHLO answers, so AUTH still reaches its handler.
+      connection.session.disabledCommands = [...this.#serverDisabledCommands(), 'AUTH'];
+      ehlo(command, () => {
+        delete connection.session.disabledCommands;
+        callback();
+      });
+    };
+    const auth = connection.handler_AUTH.bind(connection);
+    connection.handler_AUTH = (command, callback) => {
+      if (connection.secure) return auth(command, callback);
+      const refusal = this.config.tls
+        ? new SmtpError(530, '5.7.0', 'Must issue a STARTTLS command first')
+        : new SmtpError(538, '5.7.11', 'Encryption required for requested authentication mechanism');
+      this.#rejected('auth_without_tls', refusal.code);
+      const reply = refusal.forSmtpServer();
+      connection.send(reply.responseCode, reply.message);
+      callback();
+    };
   }
 
   /**
@@ -234,23 +259,22 @@ export class Listener {
    * the address policy could never refuse one as documented. Put the route back for this connection's
    * handlers. Relies on smtp-server's (typed) _parseAddressCommand; the bad-input integration test guards it.
    */
-  #keepSourceRoutes(session: SMTPServerSession): void {
-    for (const connection of this.server.connections) {
-      if (connection.session !== session) continue;
-      const parse = connection._parseAddressCommand.bind(connection);
-      connection._parseAddressCommand = (name, command) => {
-        const parsed = parse(name, command);
-        const route = SOURCE_ROUTED_PATH.exec(command.toString('latin1'));
-        if (parsed && route) parsed.address = route[1]!;
-        return parsed;
-      };
-      return;
-    }
+  #keepSourceRoutes(connection: Connection): void {
+    const parse = connection._parseAddressCommand.bind(connection);
+    connection._parseAddressCommand = (name, command) => {
+      const parsed = parse(name, command);
+      const route = SOURCE_ROUTED_PATH.exec(command.toString('latin1'));
+      if (parsed && route) parsed.address = route[1]!;
+      return parsed;
+    };
   }
 
   #onConnect(session: SMTPServerSession): Error | null {
-    this.#restrictAuth(session);
-    this.#keepSourceRoutes(session);
+    const connection = this.#connectionOf(session);
+    // Never without it: AUTH would then be taken in clear.
+    if (!connection) return new SmtpError(421, '4.3.0', 'Service not available, try again later').forSmtpServer();
+    this.#keepSourceRoutes(connection);
+    this.#requireTlsForAuth(connection);
     this.deps.metrics?.connections.inc({ listener: this.config.name });
     const ip = normalizeIp(session.remoteAddress);
     if (this.#rates.exempts(ip)) return null;

@@ -10,6 +10,8 @@ export const REJECTION_REASONS = {
   connections_per_ip: 421,
   auth_throttled: 421,
   auth_required: 530,
+  /** AUTH before STARTTLS (530), or on a listener without TLS (538), without allowInsecureAuth. */
+  auth_without_tls: 530,
   rate_limited: 450,
   sender_address: 553,
   sender_not_allowed: 553,

@@ -407,12 +407,26 @@ test('a listener with neither TLS nor allowInsecureAuth never takes a password i
   );
   assert.ok(!ehloKeywords(transcript).some((k) => k.startsWith('AUTH')), `AUTH advertised:\n${transcript}`);
   const codes = smtpReplyCodes(transcript);
-  assert.ok(codes[2]! >= 500 && codes[2]! < 600, `AUTH must be refused:\n${transcript}`);
+  assert.equal(smtpReplies(transcript)[2], '538 5.7.11 Encryption required for requested authentication mechanism', 'RFC 4954, not 500 "command not recognized"');
   assert.equal(codes[3], 530, 'still unauthenticated, so MAIL is refused');
+  assert.equal(await rejections('relay-cleartext', 'auth_without_tls', 538), 1);
 });
 
 // ---------------------------------------------------------------------------------------------------------
 // TLS
+
+async function rejections(listener: string, reason: string, code: number): Promise<number> {
+  const metric = await relay.daemon.registry.getSingleMetric('smarthost_smtp_rejections_total')!.get();
+  return metric.values.find((v) => v.labels.listener === listener && v.labels.reason === reason && v.labels.code === String(code))?.value ?? 0;
+}
+
+test('a client that sends AUTH before STARTTLS again and again is not cut off as sending unknown commands, and STARTTLS still follows', async () => {
+  const refusedBefore = await rejections('starttls', 'auth_without_tls', 530);
+  const attempts = Array.from({ length: 12 }, () => `AUTH PLAIN ${PLAIN_OK}`);
+  const t = await smtpDialog(relay.port('starttls'), ['EHLO printer.test', ...attempts, 'STARTTLS']);
+  assert.deepEqual(smtpReplyCodes(t), [220, 250, ...attempts.map(() => 530), 220], t);
+  assert.equal(await rejections('starttls', 'auth_without_tls', 530), refusedBefore + 12);
+});
 
 test('STARTTLS listener without allowInsecureAuth: AUTH only after STARTTLS', async () => {
   const port = relay.port('starttls');
@@ -420,8 +434,7 @@ test('STARTTLS listener without allowInsecureAuth: AUTH only after STARTTLS', as
   const keywords = ehloKeywords(before);
   assert.ok(keywords.includes('STARTTLS'), before);
   assert.ok(!keywords.some((k) => k.startsWith('AUTH')), `AUTH advertised before STARTTLS:\n${before}`);
-  const authReply = smtpReplyCodes(before)[2]!;
-  assert.ok(authReply >= 500 && authReply < 600, `AUTH in clear must be refused:\n${before}`);
+  assert.equal(smtpReplies(before)[2], '530 5.7.0 Must issue a STARTTLS command first', 'RFC 3207, not 500 "command not recognized"');
 
   const inside = await ehloInsideStartTls(port);
   assert.ok(inside.includes('AUTH PLAIN LOGIN'), `no AUTH after STARTTLS: ${inside.join(' | ')}`);
