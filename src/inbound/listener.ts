@@ -62,6 +62,19 @@ type Connection = SMTPServer['connections'] extends Set<infer C> ? C : never;
 /** The path of a MAIL FROM or RCPT TO command when it starts with a source route: "<@a,@b:user@domain>". */
 const SOURCE_ROUTED_PATH = /^[^:]*:\s*<(@[^<>\s]*)>/;
 
+/** The MAIL FROM parameters of the extensions EHLO lists: SIZE, BODY (8BITMIME) and SMTPUTF8; smtp-server checks their values. */
+const MAIL_PARAMETERS = ['SIZE', 'BODY', 'SMTPUTF8'];
+
+/**
+ * RFC 5321 4.1.1.11: a parameter the server does not recognise gets 555. smtp-server hands on any it parsed,
+ * those of extensions this listener does not offer too (DSN's NOTIFY and RET, REQUIRETLS), which were then
+ * answered 250 and not honoured: a message sent with REQUIRETLS went on to a plaintext upstream.
+ */
+function unsupportedParameter(address: SMTPServerAddress, supported: readonly string[]): SmtpError | undefined {
+  const name = Object.keys(address.args || {}).find((n) => !supported.includes(n));
+  return name === undefined ? undefined : new SmtpError(555, '5.5.4', `Unsupported parameter ${name}`);
+}
+
 /** One SMTP listener (relay or submission role) on smtp-server; every decision replies through SmtpError. */
 export class Listener {
   readonly server: SMTPServer;
@@ -148,6 +161,8 @@ export class Listener {
         this.#takeRate('messages', session, cb);
       },
       onRcptTo: (address, session, cb) => {
+        const unsupported = unsupportedParameter(address, []);
+        if (unsupported) return this.#reply(cb, unsupported, 'unsupported_parameter');
         const bad = checkEnvelopeAddress(address.address, 'recipient');
         if (bad) return this.#reply(cb, bad, 'recipient_address');
         const suppressed = this.#checkSuppressed(address.address, session);
@@ -316,6 +331,9 @@ export class Listener {
   }
 
   #onMailFrom(address: SMTPServerAddress, session: SMTPServerSession): SmtpError | undefined {
+    // AUTH=<mailbox> (RFC 4954 section 5) belongs to AUTH, offered inside TLS or with allowInsecureAuth.
+    const unsupported = unsupportedParameter(address, session.secure || this.config.allowInsecureAuth ? [...MAIL_PARAMETERS, 'AUTH'] : MAIL_PARAMETERS);
+    if (unsupported) return (this.#rejected('unsupported_parameter', unsupported.code), unsupported);
     if (typeof session.user === 'string' && !this.deps.policy.users.some((u) => u.name === session.user)) {
       // Removed by a reload after this session authenticated: its login, and so its allowedSenders, are gone.
       this.deps.log.info(

@@ -13,6 +13,8 @@ export const REJECTION_REASONS = {
   /** AUTH before STARTTLS (530), or on a listener without TLS (538), without allowInsecureAuth. */
   auth_without_tls: 530,
   rate_limited: 450,
+  /** A MAIL FROM or RCPT TO parameter of an extension the listener does not offer. */
+  unsupported_parameter: 555,
   sender_address: 553,
   sender_not_allowed: 553,
   recipient_address: 553,

@@ -181,6 +181,17 @@ test('STARTTLS listener: in clear AUTH LOGIN is refused before any 334 and corre
   assert.deepEqual(plain.inside.map((reply) => Number(reply.slice(0, 3))), [250, 235, 250, 221], plain.inside.join('\n'));
 });
 
+test('inside TLS, MAIL FROM takes AUTH=<> (AUTH is offered there) but refuses REQUIRETLS, which the listener does not offer, with 555 5.5.4', async () => {
+  const r = await startTlsDialog(
+    relay.port('starttls'),
+    ['EHLO client.test'],
+    ['EHLO client.test', `AUTH PLAIN ${PLAIN_OK}`, 'MAIL FROM:<sender@example.com> REQUIRETLS', 'MAIL FROM:<sender@example.com> AUTH=<> SIZE=100', 'QUIT'],
+  );
+  assert.ok(!r.inside[0]!.split('\r\n').some((l) => l.slice(4) === 'REQUIRETLS'), r.inside[0]);
+  assert.deepEqual(r.inside.map((reply) => Number(reply.slice(0, 3))), [250, 235, 555, 250, 221], r.inside.join('\n'));
+  assert.equal(r.inside[2], '555 5.5.4 Unsupported parameter REQUIRETLS');
+});
+
 // ---------------------------------------------------------------------------------------------------------
 // the failure counter and the password check
 

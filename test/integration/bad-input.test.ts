@@ -63,6 +63,11 @@ function transaction(rcpts: string[], data: string, from = 'sender@example.com')
   return smtpDialog(port, ['EHLO client.test', `MAIL FROM:<${from}>`, ...rcpts.map((r) => `RCPT TO:<${r}>`), 'DATA', `RAW:${data}`, 'QUIT']);
 }
 
+async function rejections(reason: string, code: number): Promise<number> {
+  const metric = await relay.daemon.registry.getSingleMetric('smarthost_smtp_rejections_total')!.get();
+  return metric.values.find((v) => v.labels.listener === 'relay' && v.labels.reason === reason && v.labels.code === String(code))?.value ?? 0;
+}
+
 function queueIdOf(transcript: string): string {
   const m = /^250 2\.0\.0 Ok: queued as ([0-9A-Z]{22})\r?$/m.exec(transcript);
   assert.ok(m, `no queue ID in:\n${transcript}`);
@@ -196,6 +201,40 @@ test('an unknown command gets a 500-class reply and the session goes on', async 
 test('malformed MAIL FROM syntax gets 501', async () => {
   const t = await smtpDialog(port, ['EHLO client.test', 'MAIL FROM:sender@example.com', 'MAIL FROM <sender@example.com>', 'MAIL FROM:<sender@example.com', 'MAIL FROM:<sender@example.com> BODY', 'QUIT']);
   assert.deepEqual(smtpReplyCodes(t), [220, 250, 501, 501, 501, 501, 221]);
+});
+
+test('a MAIL FROM or RCPT TO parameter of an extension the listener does not offer gets 555 5.5.4 and is counted; the offered ones are taken', async () => {
+  const refusedBefore = await rejections('unsupported_parameter', 555);
+  const rcpt = uniqueRecipient('offered-parameters');
+  const t = await smtpDialog(port, [
+    'EHLO client.test',
+    'MAIL FROM:<sender@example.com> FOO=bar',
+    'MAIL FROM:<sender@example.com> RET=HDRS ENVID=abc',
+    'MAIL FROM:<sender@example.com> REQUIRETLS',
+    // AUTH is not offered on this listener (no TLS, no allowInsecureAuth), so neither is its parameter.
+    'MAIL FROM:<sender@example.com> AUTH=<>',
+    'MAIL FROM:<sender@example.com> SIZE=100 BODY=8BITMIME SMTPUTF8',
+    `RCPT TO:<${rcpt}> NOTIFY=NEVER`,
+    `RCPT TO:<${rcpt}> XYZ=1`,
+    `RCPT TO:<${rcpt}>`,
+    'DATA',
+    'RAW:Subject: offered parameters\r\n\r\nhi\r\n.\r\n',
+    'QUIT',
+  ]);
+  const replies = smtpReplies(t);
+  assert.deepEqual(replies.slice(2, 10), [
+    '555 5.5.4 Unsupported parameter FOO',
+    '555 5.5.4 Unsupported parameter RET',
+    // smtp-server refuses REQUIRETLS in clear itself; inside TLS it reaches the listener (auth-abuse.test.ts).
+    '530 REQUIRETLS not permitted on non-TLS connections',
+    '555 5.5.4 Unsupported parameter AUTH',
+    '250 Accepted',
+    '555 5.5.4 Unsupported parameter NOTIFY',
+    '555 5.5.4 Unsupported parameter XYZ',
+    '250 Accepted',
+  ], t);
+  queueIdOf(t);
+  assert.equal(await rejections('unsupported_parameter', 555), refusedBefore + 5);
 });
 
 test('a client that talks before the greeting gets 421 and no greeting', async () => {
