@@ -136,7 +136,6 @@ export class Listener {
       authMethods: ['PLAIN', 'LOGIN'],
       authOptional: true,
       size: c.maxMessageSize,
-      maxRecipients: c.maxRecipients,
       maxClients: c.maxClients,
       socketTimeout: c.socketTimeout,
       disableReverseLookup: true,
@@ -163,6 +162,8 @@ export class Listener {
       onRcptTo: (address, session, cb) => {
         const unsupported = unsupportedParameter(address, []);
         if (unsupported) return this.#reply(cb, unsupported, 'unsupported_parameter');
+        const tooMany = this.#tooManyRecipients(address.address, session);
+        if (tooMany) return this.#reply(cb, tooMany, 'too_many_recipients');
         const bad = checkEnvelopeAddress(address.address, 'recipient');
         if (bad) return this.#reply(cb, bad, 'recipient_address');
         const suppressed = this.#checkSuppressed(address.address, session);
@@ -284,12 +285,29 @@ export class Listener {
     };
   }
 
+  /**
+   * smtp-server refuses a declared SIZE over maxMessageSize itself, before onMailFrom, with a 552 that had no
+   * 5.3.4 and was not counted, though that is where most oversized messages end (clients that declare SIZE,
+   * Postfix among them, never send them). Its verdict stands; only the reply is this listener's.
+   */
+  #refuseDeclaredOversize(connection: Connection): void {
+    const validate = connection._validateMailParams.bind(connection);
+    connection._validateMailParams = (parsed) => {
+      const refused = validate(parsed);
+      if (refused?.code !== 552) return refused;
+      this.#rejected('message_size', 552);
+      const reply = new SmtpError(552, '5.3.4', 'Message size exceeds fixed maximum message size').forSmtpServer();
+      return { code: reply.responseCode, message: reply.message, enhancedCode: null };
+    };
+  }
+
   #onConnect(session: SMTPServerSession): Error | null {
     const connection = this.#connectionOf(session);
     // Never without it: AUTH would then be taken in clear.
     if (!connection) return new SmtpError(421, '4.3.0', 'Service not available, try again later').forSmtpServer();
     this.#keepSourceRoutes(connection);
     this.#requireTlsForAuth(connection);
+    this.#refuseDeclaredOversize(connection);
     this.deps.metrics?.connections.inc({ listener: this.config.name });
     const ip = normalizeIp(session.remoteAddress);
     if (this.#rates.exempts(ip)) return null;
@@ -361,6 +379,18 @@ export class Listener {
     });
     if (refused) this.#rejected('sender_not_allowed', refused.code);
     return refused;
+  }
+
+  /**
+   * maxRecipients is enforced here rather than by smtp-server, whose 452 had no 4.5.3 and was not counted. A
+   * repeated address replaces its earlier entry in smtp-server's envelope (in any case), so it is not one more.
+   */
+  #tooManyRecipients(recipient: string, session: SMTPServerSession): SmtpError | undefined {
+    const rcptTo = session.envelope.rcptTo;
+    if (rcptTo.length < this.config.maxRecipients) return undefined;
+    const key = recipient.toLowerCase();
+    if (rcptTo.some((r) => r.address.toLowerCase() === key)) return undefined;
+    return new SmtpError(452, '4.5.3', 'Too many recipients');
   }
 
   /** A recipient whose route ends at an upstream that cannot take it (Direct Send outside the tenant) is refused now, not bounced later. */

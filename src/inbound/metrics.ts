@@ -4,7 +4,7 @@ import { TAG_NONE, TAG_OTHER, type TagsConfig } from '../upstreams/tags.js';
 
 /**
  * Why the listener refused something, as a bounded label: every refusal the listener makes itself maps to one
- * of these (smtp-server's own replies, such as 452 for too many recipients, are not counted).
+ * of these (smtp-server's own replies, such as 501 for address syntax or 421 for too many clients, are not counted).
  */
 export const REJECTION_REASONS = {
   connections_per_ip: 421,
@@ -18,6 +18,7 @@ export const REJECTION_REASONS = {
   sender_address: 553,
   sender_not_allowed: 553,
   recipient_address: 553,
+  too_many_recipients: 452,
   suppressed: 550,
   unreachable: 550,
   message_size: 552,

@@ -136,16 +136,22 @@ test('a message just under maxMessageSize is accepted', async () => {
   await sink.waitForRecipient(rcpt);
 });
 
-test('a declared SIZE over the limit is refused with 552 at MAIL FROM', async () => {
+test('a declared SIZE over the limit is refused with 552 5.3.4 at MAIL FROM, counted as message_size', async () => {
+  const refusedBefore = await rejections('message_size', 552);
   const t = await smtpDialog(port, ['EHLO client.test', `MAIL FROM:<sender@example.com> SIZE=${MAX_SIZE + 1}`, `MAIL FROM:<sender@example.com> SIZE=${MAX_SIZE}`, 'QUIT']);
   assert.deepEqual(smtpReplyCodes(t), [220, 250, 552, 250, 221]);
+  assert.equal(smtpReplies(t)[2], '552 5.3.4 Message size exceeds fixed maximum message size');
   assert.match(smtpReplies(t)[1]!, /^250 SIZE 10000$/m, 'the limit is advertised');
+  assert.equal(await rejections('message_size', 552), refusedBefore + 1);
 });
 
-test('more than maxRecipients: the 4th RCPT gets 452 and the first three are delivered', async () => {
+test('more than maxRecipients: the 4th RCPT gets 452 4.5.3 (counted), one already accepted may be given again, and the first three are delivered', async () => {
+  const refusedBefore = await rejections('too_many_recipients', 452);
   const rcpts = [1, 2, 3, 4].map(() => uniqueRecipient('many'));
-  const t = await transaction(rcpts, 'Subject: many\r\n\r\nhi\r\n.\r\n');
-  assert.deepEqual(smtpReplyCodes(t), [220, 250, 250, 250, 250, 250, 452, 354, 250, 221], t);
+  const t = await smtpDialog(port, ['EHLO client.test', 'MAIL FROM:<sender@example.com>', ...rcpts.map((r) => `RCPT TO:<${r}>`), `RCPT TO:<${rcpts[1]}>`, 'DATA', 'RAW:Subject: many\r\n\r\nhi\r\n.\r\n', 'QUIT']);
+  assert.deepEqual(smtpReplyCodes(t), [220, 250, 250, 250, 250, 250, 452, 250, 354, 250, 221], t);
+  assert.equal(smtpReplies(t)[6], '452 4.5.3 Too many recipients');
+  assert.equal(await rejections('too_many_recipients', 452), refusedBefore + 1);
   const msg = await sink.waitForRecipient(rcpts[0]!);
   assert.deepEqual(msg.recipients, rcpts.slice(0, 3));
   assert.ok(!sink.deliveredRecipients().includes(rcpts[3]!));
