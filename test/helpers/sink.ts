@@ -15,6 +15,12 @@ export type SinkBehaviour = 'accept' | 'tempfail' | 'permfail' | 'drop';
 export interface SinkMessage {
   sender: string;
   recipients: string[];
+  /**
+   * The MAIL FROM and RCPT TO paths as the client wrote them. smtp-server hands its handlers (and so sender and
+   * recipients above) the domains decoded from punycode, which hides whether a client sent xn-- or UTF-8.
+   */
+  wireSender: string;
+  wireRecipients: string[];
   raw: Buffer;
   messageId?: string;
   receivedAt: number;
@@ -97,6 +103,23 @@ export function startSink(options: SinkOptions = {}): Promise<Sink> {
     }
   };
 
+  /** Each parsed MAIL FROM / RCPT TO address (smtp-server's own object, kept in the envelope) to its path as sent. */
+  const wirePaths = new WeakMap<object, string>();
+  // smtp-server's (typed) _parseAddressCommand sees the command as sent; the listener wraps it the same way.
+  const keepWirePaths = (session: SMTPServerSession): void => {
+    for (const connection of server.connections) {
+      if (connection.session !== session) continue;
+      const parse = connection._parseAddressCommand.bind(connection);
+      connection._parseAddressCommand = (name, command) => {
+        const parsed = parse(name, command);
+        const path = /^[^:]*:\s*<([^>]*)>/.exec(command.toString('utf8'));
+        if (parsed && path) wirePaths.set(parsed, path[1]!);
+        return parsed;
+      };
+      return;
+    }
+  };
+
   const server: SMTPServer = new SMTPServer({
     logger: false,
     name: 'sink.localhost',
@@ -108,6 +131,11 @@ export function startSink(options: SinkOptions = {}): Promise<Sink> {
     hideSMTPUTF8: options.smtputf8 === false,
     ...(options.tls ? { key: options.tls.key, cert: options.tls.cert } : {}),
     closeTimeout: 1000,
+
+    onConnect(session, callback) {
+      keepWirePaths(session);
+      callback();
+    },
 
     onAuth(auth, _session, callback) {
       // Without configured credentials any AUTH succeeds (AUTH is optional then).
@@ -153,6 +181,8 @@ export function startSink(options: SinkOptions = {}): Promise<Sink> {
             const message: SinkMessage = {
               sender: mailFrom ? mailFrom.address : '',
               recipients: session.envelope.rcptTo.map((r) => r.address),
+              wireSender: mailFrom ? (wirePaths.get(mailFrom) ?? mailFrom.address) : '',
+              wireRecipients: session.envelope.rcptTo.map((r) => wirePaths.get(r) ?? r.address),
               raw,
               ...(messageId !== undefined ? { messageId } : {}),
               receivedAt: Date.now(),
