@@ -19,6 +19,14 @@ interface SentInfo {
   response?: string;
 }
 
+/**
+ * The envelope of the last try, as nodemailer's SMTP connection keeps it: send() records each RCPT TO reply on
+ * the envelope object it is handed (rejectedErrors, once MAIL FROM was sent).
+ */
+interface Transaction {
+  envelope?: { from: string; to: string[]; rejectedErrors?: RejectedError[] };
+}
+
 /** The part of a nodemailer transport sendThroughTransport uses: the transport plugin API's send(mail, callback). */
 interface MailTransport {
   send(mail: unknown, callback: (err: Error | null, info: unknown) => void): void;
@@ -53,8 +61,9 @@ const SESSION_COMMAND = /^(CONN|EHLO|HELO|LHLO|STARTTLS|AUTH)\b/;
 /**
  * Sends the request's message through `transport`; `extra` adds per-message options (e.g. `auth`). A
  * recipient is delivered only when the upstream accepted it; one it named neither way stays queued (a
- * temporary failure), never counted as delivered. Throws (the same error for every recipient) when the
- * session failed before any recipient was named.
+ * temporary failure), never counted as delivered. A refusal of DATA or of the message after some recipients
+ * were refused at RCPT TO leaves those with their own reply and applies to the others only, as Postfix's
+ * smtp(8) does. Otherwise a failure is thrown (the same error for every recipient).
  */
 export async function sendRaw(
   transport: Transporter,
@@ -62,11 +71,15 @@ export async function sendRaw(
   options: { extra?: Partial<SendMailOptions>; mapError?: ErrorMapper } = {},
 ): Promise<RecipientOutcome[]> {
   const mapError = options.mapError ?? defaultErrorMapper;
+  const transaction: Transaction = {};
   let info: SentInfo;
   try {
-    info = await sendThroughTransport(transport, request, options.extra ?? {});
+    info = await sendThroughTransport(transport, request, options.extra ?? {}, transaction);
   } catch (err) {
-    const rejected = (err as { rejectedErrors?: RejectedError[] }).rejectedErrors;
+    // nodemailer names the refused recipients on the error only when all were refused; after a refused DATA (or
+    // message) they are in its bookkeeping of the envelope it was given (SMTPConnectionEnvelope: rejectedErrors).
+    // Not after a refused MAIL FROM: the RCPT TO replies that follow it in a pipelined envelope only echo that.
+    const rejected = (err as { rejectedErrors?: RejectedError[] }).rejectedErrors ?? (failedCommand(err) === 'DATA' ? transaction.envelope?.rejectedErrors : undefined);
     if (rejected?.length) return perRecipient(request, rejected, [], '', mapError, mapError(err, 'message'));
     throw mapError(err, 'session');
   }
@@ -128,13 +141,14 @@ export function deferRefusedSession(err: unknown): SmtpError {
  * send it; nodemailer reads it to the end or destroys it, also when the pool moves the message to a fresh
  * connection and opens it again (test/integration/smtp-send.test.ts checks that no descriptor stays open).
  */
-function sendThroughTransport(transport: Transporter, request: DeliveryRequest, extra: Partial<SendMailOptions>): Promise<SentInfo> {
+function sendThroughTransport(transport: Transporter, request: DeliveryRequest, extra: Partial<SendMailOptions>, transaction: Transaction): Promise<SentInfo> {
   const envelope = { from: wireForm(request.sender), to: request.recipients.map(wireForm) };
   const messageId = `<${request.queueId}@smarthost>`;
   const mail = {
     data: { ...extra, envelope },
     message: {
-      getEnvelope: () => ({ from: envelope.from, to: [...envelope.to] }),
+      // Called once per try (the pool moves a message whose connection closed before it was read to another).
+      getEnvelope: () => (transaction.envelope = { from: envelope.from, to: [...envelope.to] }),
       messageId: () => messageId,
       getHeader: (name: string) => (name.toLowerCase() === 'message-id' ? messageId : undefined),
       createReadStream: () => request.openMessage({ chunkSize: READ_CHUNK }),

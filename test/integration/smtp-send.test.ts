@@ -124,3 +124,25 @@ test('every message stream is closed after the attempt: delivered, all recipient
   assert.equal(await openOn(file), 0, 'no descriptor left open on the message file');
 });
 
+
+test('a refusal after DATA applies only to the recipients accepted at RCPT TO: one deferred there is still deferred, one refused there still refused', async (t) => {
+  let data: 'permfail' | 'tempfail' = 'permfail';
+  const { upstream, request } = await upstreamTo(t, {
+    recipientBehaviour: (rcpt) => (rcpt.startsWith('later') ? 'tempfail' : rcpt.startsWith('gone') ? 'permfail' : 'accept'),
+    dataBehaviour: () => data,
+  });
+  const replies = async (recipients: string[]) =>
+    (await upstream.deliver(request('a@example.com', recipients))).map((o) => [o.recipient, o.delivered ? 'delivered' : `${o.error.code} ${o.error.enhanced}`]);
+
+  // 451 at RCPT, then 554 for the message: the first recipient is retried, not bounced.
+  assert.deepEqual(await replies(['later@example.com', 'ok@example.com']), [
+    ['later@example.com', '451 4.2.0'],
+    ['ok@example.com', '554 5.6.0'],
+  ]);
+  // 550 at RCPT, then 451 for the message: the first recipient is bounced, not retried.
+  data = 'tempfail';
+  assert.deepEqual(await replies(['gone@example.com', 'ok@example.com']), [
+    ['gone@example.com', '550 5.1.1'],
+    ['ok@example.com', '451 4.3.0'],
+  ]);
+});
