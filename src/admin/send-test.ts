@@ -1,3 +1,4 @@
+import { isAscii } from 'node:buffer';
 import { Readable } from 'node:stream';
 import type { Config } from '../config/schema.js';
 import { LOCAL_SOURCE } from '../delivery/bounce.js';
@@ -55,6 +56,8 @@ export async function queueTestMessage(
     headerFrom: [sender],
     client: { address: '127.0.0.1', listener: LOCAL_SOURCE, tls: false },
     ...(typeof route === 'string' ? { route } : {}),
+    // A UTF-8 sender or recipient is written into From and To.
+    ...(isAscii(body) ? {} : { eightBit: true }),
   });
   await o.spool.store(Readable.from([body]), record);
   o.log.info({ event: 'received', queueId: id, listener: LOCAL_SOURCE, source: 'send-test', sender, recipients: [request.to], size: body.length, messageId, ...(typeof route === 'string' ? { route } : {}) }, 'test message queued');

@@ -1,3 +1,4 @@
+import { isAscii } from 'node:buffer';
 import { Readable } from 'node:stream';
 import type { Logger } from '../log.js';
 import { createRecord, type MessageRecord } from '../spool/record.js';
@@ -60,6 +61,8 @@ export class Bouncer {
       receivedAt: now,
       size: dsn.length,
       client: { address: '127.0.0.1', listener: LOCAL_SOURCE, tls: false },
+      // The original header fields it quotes may be 8-bit.
+      ...(isAscii(dsn) ? {} : { eightBit: true }),
     });
     await this.o.spool.store(Readable.from([dsn]), bounce);
     this.o.enqueue(bounce);

@@ -53,6 +53,8 @@ export function createPlanner(config: Pick<Config, 'routing' | 'users' | 'listen
         sender,
         recipients: testMode ? [testMode.to] : recipients,
         size: message.size,
+        ...(message.eightBit ? { eightBit: true } : {}),
+        ...(message.utf8Headers ? { utf8Headers: true } : {}),
         openMessage: (options) => {
           const body = spool.openBody(message, options);
           if (untouched) return body;

@@ -441,6 +441,8 @@ export class Listener {
     this.deps.spool
       .store(message as Readable, record, (r) => {
         if (message.messageId) r.messageId = message.messageId;
+        if (message.eightBit) r.eightBit = true;
+        if (session.envelope.smtpUtf8 && message.eightBitHeader) r.utf8Headers = true;
         const from = headerFromAddresses(message.headerBlock);
         if (from.length > 0) r.headerFrom = from;
         // Header rules could otherwise turn a From the client may not use into one it may not use either.

@@ -1,3 +1,4 @@
+import { isAscii } from 'node:buffer';
 import { isIP } from 'node:net';
 import { Transform, type TransformCallback } from 'node:stream';
 import { SmtpError } from '../smtp-error.js';
@@ -170,6 +171,7 @@ export class InboundMessageTransform extends Transform {
   private _headerBlock: Buffer | undefined;
   private _messageId: string | undefined;
   private _bytesOut = 0;
+  private _eightBit = false;
 
   constructor(trace: ReceivedTrace, options: { maxHeaderBytes?: number } = {}) {
     super();
@@ -182,6 +184,10 @@ export class InboundMessageTransform extends Transform {
   /** The first Message-ID, angle brackets included, once the header section has ended. */
   get messageId(): string | undefined { return this._messageId; }
   get bytesOut(): number { return this._bytesOut; }
+  /** Some byte of the message as stored is above 127: an 8-bit body or UTF-8 anywhere (RFC 6152, RFC 6532). */
+  get eightBit(): boolean { return this._eightBit; }
+  /** The client's header fields carry bytes above 127 (UTF-8 header values, RFC 6532), once the section has ended. */
+  get eightBitHeader(): boolean { return this._headerBlock !== undefined && !isAscii(this._headerBlock); }
 
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
     callback(this.handle(this.normalizer.push(chunk), false));
@@ -288,6 +294,8 @@ export class InboundMessageTransform extends Transform {
   private output(data: Buffer): void {
     if (data.length === 0) return;
     this._bytesOut += data.length;
+    // Native: about 20 µs per MiB (smtp-server's DATA parser takes about 2.5 ms); none once one byte was found.
+    if (!this._eightBit && !isAscii(data)) this._eightBit = true;
     this.push(data);
   }
 }

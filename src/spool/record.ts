@@ -40,6 +40,16 @@ const messageRecord = z.strictObject({
   held: z.boolean().optional(),
   /** A route forced by name (`smarthost send-test --route`), instead of the route rules. */
   route: z.string().optional(),
+  /**
+   * Some byte of the message is above 127: SMTP upstreams get BODY=8BITMIME where they offer it (RFC 6152).
+   * Absent: 7-bit, or a record from before this was kept (sent without BODY=, as then).
+   */
+  eightBit: z.boolean().optional(),
+  /**
+   * The client sent it with SMTPUTF8 and its header fields carry UTF-8 (RFC 6531, 6532): an SMTP upstream that
+   * does not offer SMTPUTF8 cannot take it. Absent on records from before this was kept.
+   */
+  utf8Headers: z.boolean().optional(),
 });
 
 export type Reply = z.output<typeof reply>;

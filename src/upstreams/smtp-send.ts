@@ -3,8 +3,10 @@
  * message byte for byte with an explicit envelope through a nodemailer transport, and reading its answer back as
  * one outcome per requested recipient.
  */
+import type { Readable } from 'node:stream';
 import { domainToASCII } from 'node:url';
 import type { SendMailOptions, Transporter } from 'nodemailer';
+import SMTPConnection from 'nodemailer/lib/smtp-connection';
 import { SmtpError, toSmtpError } from '../smtp-error.js';
 import type { DeliveryRequest, RecipientOutcome } from './upstream.js';
 
@@ -24,7 +26,7 @@ interface SentInfo {
  * the envelope object it is handed (rejectedErrors, once MAIL FROM was sent).
  */
 interface Transaction {
-  envelope?: { from: string; to: string[]; rejectedErrors?: RejectedError[] };
+  envelope?: { from: string; to: string[]; use8BitMime: boolean; rejectedErrors?: RejectedError[] };
 }
 
 /** The part of a nodemailer transport sendThroughTransport uses: the transport plugin API's send(mail, callback). */
@@ -76,6 +78,7 @@ export async function sendRaw(
   try {
     info = await sendThroughTransport(transport, request, options.extra ?? {}, transaction);
   } catch (err) {
+    if (err instanceof SmtpUtf8NotOffered) throw err.refusal;
     // nodemailer names the refused recipients on the error only when all were refused; after a refused DATA (or
     // message) they are in its bookkeeping of the envelope it was given (SMTPConnectionEnvelope: rejectedErrors).
     // Not after a refused MAIL FROM: the RCPT TO replies that follow it in a pipelined envelope only echo that.
@@ -104,6 +107,27 @@ function perRecipient(
     if (ok.has(wireForm(recipient))) return { recipient, delivered: true, reply };
     return { recipient, delivered: false, error: new SmtpError(451, '4.3.0', 'upstream client reported no result for this recipient') };
   });
+}
+
+const NON_ASCII = /[^\x00-\x7f]/;
+
+/**
+ * Why the message can only go to an upstream that offers SMTPUTF8 (RFC 6531 3.2), as the refusal to one that does
+ * not; undefined when it can go anywhere. Domains go out as A-labels, so only a UTF-8 local part (or a domain
+ * with no A-label) counts; UTF-8 header fields only when the client itself asked for SMTPUTF8, as in Postfix,
+ * whose smtp(8) fails such a delivery with 5.6.7 "SMTPUTF8 is required, but was not offered by host"
+ * (smtp_proto.c). To an upstream that offers SMTPUTF8, nodemailer names it in MAIL FROM for a UTF-8 address
+ * only: it has no option to name it for header fields alone.
+ */
+function smtpUtf8Refusal(request: DeliveryRequest, envelope: { from: string; to: string[] }): SmtpError | undefined {
+  const address = [envelope.from, ...envelope.to].find((a) => NON_ASCII.test(a));
+  if (address !== undefined) {
+    return new SmtpError(553, '5.6.7', `SMTPUTF8 is required for the UTF-8 address <${address}>, but the upstream did not offer it (RFC 6531)`);
+  }
+  if (request.utf8Headers) {
+    return new SmtpError(554, '5.6.9', 'SMTPUTF8 is required for the UTF-8 header fields the client sent with SMTPUTF8, but the upstream did not offer it (RFC 6531)');
+  }
+  return undefined;
 }
 
 /** An address as it goes on the wire: the domain in lower-case ASCII (punycode), the local part as is. */
@@ -143,12 +167,19 @@ export function deferRefusedSession(err: unknown): SmtpError {
  */
 function sendThroughTransport(transport: Transporter, request: DeliveryRequest, extra: Partial<SendMailOptions>, transaction: Transaction): Promise<SentInfo> {
   const envelope = { from: wireForm(request.sender), to: request.recipients.map(wireForm) };
+  const smtpUtf8 = smtpUtf8Refusal(request, envelope);
   const messageId = `<${request.queueId}@smarthost>`;
   const mail = {
     data: { ...extra, envelope },
     message: {
       // Called once per try (the pool moves a message whose connection closed before it was read to another).
-      getEnvelope: () => (transaction.envelope = { from: envelope.from, to: [...envelope.to] }),
+      // use8BitMime: BODY=8BITMIME where the upstream offers 8BITMIME (Exchange Online and Gmail do). Where it does
+      // not, an 8-bit message still goes, as it is. Postfix by default converts 8-bit MIME to quoted-printable for
+      // such a server (disable_mime_output_conversion = no) and, where it does not convert, sends 8-bit mail as is
+      // (smtp_proto.c: "our primary mission is to deliver mail"). smarthost converts nothing: it relays byte for
+      // byte, and re-encoding would break DKIM signatures; refusing instead would bounce mail most servers take.
+      getEnvelope: () =>
+        (transaction.envelope = { from: envelope.from, to: [...envelope.to], use8BitMime: request.eightBit === true, ...(smtpUtf8 ? { [NEEDS_SMTPUTF8]: smtpUtf8 } : {}) }),
       messageId: () => messageId,
       getHeader: (name: string) => (name.toLowerCase() === 'message-id' ? messageId : undefined),
       createReadStream: () => request.openMessage({ chunkSize: READ_CHUNK }),
@@ -161,3 +192,37 @@ function sendThroughTransport(transport: Transporter, request: DeliveryRequest, 
     });
   });
 }
+
+/** On an envelope handed to nodemailer: the refusal for a connection whose server did not offer SMTPUTF8. */
+const NEEDS_SMTPUTF8 = Symbol('needsSmtpUtf8');
+
+/**
+ * A message stopped before MAIL FROM because it needs SMTPUTF8. Shaped like nodemailer's own envelope errors
+ * (EENVELOPE), so the pool resets the connection with RSET and keeps it for the next message.
+ */
+class SmtpUtf8NotOffered extends Error {
+  readonly code = 'EENVELOPE';
+  readonly command = 'MAIL FROM';
+  constructor(readonly refusal: SmtpError) {
+    super(refusal.reply);
+  }
+}
+
+/**
+ * nodemailer writes a UTF-8 address into MAIL FROM and RCPT TO as is when the server did not offer SMTPUTF8
+ * (RFC 6531 3.2 forbids that; a strict server refuses or mangles it) and has no option to refuse instead. Only
+ * the connection knows the server's EHLO keywords (its _supportedExtensions), and the transports make their
+ * connections themselves: so SMTPConnection's send() is wrapped, once per process. An envelope that carries
+ * NEEDS_SMTPUTF8, sent to a server without SMTPUTF8, fails before MAIL FROM; every other envelope passes as it
+ * came. test/integration/eightbit-smtputf8.test.ts fails if nodemailer's internals change under this.
+ */
+const sendOnConnection = SMTPConnection.prototype.send;
+SMTPConnection.prototype.send = function send(this: SMTPConnection, envelope, message, done) {
+  const refusal = (envelope as { [NEEDS_SMTPUTF8]?: SmtpError })[NEEDS_SMTPUTF8];
+  const offered = (this as unknown as { _supportedExtensions?: string[] })._supportedExtensions;
+  if (refusal === undefined || offered?.includes('SMTPUTF8')) return sendOnConnection.call(this, envelope, message, done);
+  // As nodemailer does with a message whose envelope it refused: whatever the stream reads from is released.
+  if (typeof (message as Readable).destroy === 'function') (message as Readable).destroy();
+  // nodemailer's own error paths call back with the error alone, as this does (its ResultCallback).
+  setImmediate(() => (done as (err: Error) => void)(new SmtpUtf8NotOffered(refusal)));
+};

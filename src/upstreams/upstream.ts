@@ -8,6 +8,10 @@ export interface DeliveryRequest {
   sender: string;
   recipients: readonly string[];
   size: number;
+  /** Some byte of the message is above 127 (RFC 6152): SMTP upstreams declare BODY=8BITMIME where offered. */
+  eightBit?: boolean;
+  /** Sent with SMTPUTF8 and UTF-8 in its header fields (RFC 6532): only an SMTP upstream offering SMTPUTF8 may take it. */
+  utf8Headers?: boolean;
   /**
    * Opens the spooled message (CRLF line endings, as accepted). Each call returns a fresh stream, read
    * `chunkSize` bytes at a time (default 64 KiB).

@@ -21,6 +21,8 @@ export interface SinkMessage {
    */
   wireSender: string;
   wireRecipients: string[];
+  /** The MAIL FROM parameters, as smtp-server parsed them: { BODY: '8BITMIME', SMTPUTF8: true }, {} for none. */
+  mailParameters: Record<string, string | true>;
   raw: Buffer;
   messageId?: string;
   receivedAt: number;
@@ -39,6 +41,8 @@ export interface SinkOptions {
   port?: number;
   /** false: no SMTPUTF8 in the EHLO reply, so only ASCII envelopes can reach this sink. Default true. */
   smtputf8?: boolean;
+  /** false: no 8BITMIME in the EHLO reply. Default true. */
+  eightBitMime?: boolean;
 }
 
 export interface Sink {
@@ -129,6 +133,7 @@ export function startSink(options: SinkOptions = {}): Promise<Sink> {
     authMethods: ['PLAIN', 'LOGIN'],
     disabledCommands: options.tls ? [] : ['STARTTLS'],
     hideSMTPUTF8: options.smtputf8 === false,
+    hide8BITMIME: options.eightBitMime === false,
     ...(options.tls ? { key: options.tls.key, cert: options.tls.cert } : {}),
     closeTimeout: 1000,
 
@@ -183,6 +188,7 @@ export function startSink(options: SinkOptions = {}): Promise<Sink> {
               recipients: session.envelope.rcptTo.map((r) => r.address),
               wireSender: mailFrom ? (wirePaths.get(mailFrom) ?? mailFrom.address) : '',
               wireRecipients: session.envelope.rcptTo.map((r) => wirePaths.get(r) ?? r.address),
+              mailParameters: { ...((mailFrom && mailFrom.args) || {}) } as Record<string, string | true>,
               raw,
               ...(messageId !== undefined ? { messageId } : {}),
               receivedAt: Date.now(),

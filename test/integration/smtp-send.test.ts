@@ -80,7 +80,9 @@ test('a UTF-8 local part goes out as is, with SMTPUTF8, where the sink offers it
   const { sink, upstream, request } = await upstreamTo(t);
   const [outcome] = await upstream.deliver(request('scanner@printer.local', ['jörg@example.com']));
   assert.equal(outcome!.delivered, true);
-  assert.deepEqual((await sink.waitForMessages(1))[0]!.recipients, ['jörg@example.com']);
+  const [received] = await sink.waitForMessages(1);
+  assert.deepEqual(received!.wireRecipients, ['jörg@example.com']);
+  assert.equal(received!.mailParameters.SMTPUTF8, true);
 });
 
 test('the null sender of a bounce goes out as MAIL FROM:<>', async (t) => {

@@ -200,6 +200,26 @@ test('8-bit bytes pass through untouched', async () => {
   assert.equal(stream.bytesOut, out.length);
 });
 
+test('eightBit says whether any stored byte is above 127 (in a late body chunk, or only in our Received field); eightBitHeader only for the client\'s header fields', async () => {
+  const ascii = await run(['Subject: plain\r\n\r\n', 'body\r\n']);
+  assert.equal(ascii.stream.eightBit, false);
+  assert.equal(ascii.stream.eightBitHeader, false);
+
+  const lateBody = await run(['Subject: plain\r\n\r\n', 'a'.repeat(70_000), '\r\nGrüße\r\n']);
+  assert.equal(lateBody.stream.eightBit, true);
+  assert.equal(lateBody.stream.eightBitHeader, false);
+
+  const header = await run(['Subject: Grüße\r\n\r\n', 'body\r\n']);
+  assert.equal(header.stream.eightBit, true);
+  assert.equal(header.stream.eightBitHeader, true);
+
+  // "for <jörg@example.org>" in the Received field we write.
+  const stream = new InboundMessageTransform({ ...TRACE, recipient: 'jörg@example.org' });
+  await Readable.from([Buffer.from('Subject: plain\r\n\r\nbody\r\n')]).pipe(stream).forEach(() => {});
+  assert.equal(stream.eightBit, true);
+  assert.equal(stream.eightBitHeader, false);
+});
+
 test('large body streams through in many chunks before the input ends', async () => {
   const stream = new InboundMessageTransform(TRACE);
   const expected = createHash('sha256');

@@ -241,6 +241,17 @@ test('a state file wins over the envelope the message arrived with; remove delet
   assert.deepEqual(await readdir(spool.queueDir), []);
 });
 
+test('what the message needs from an SMTP upstream (8BITMIME, SMTPUTF8 for its header fields) is in its envelope after a restart', async (t) => {
+  const dir = await tempDir();
+  t.after(() => dir.remove());
+  const spool = await Spool.open(dir.path);
+  const stored = await spool.store(Readable.from([Buffer.from('Subject: Grüße\r\n\r\nbody\r\n')]), { ...record(newQueueId()), eightBit: true, utf8Headers: true });
+  const { records } = await (await Spool.open(dir.path)).recover();
+  assert.deepEqual(records, [stored]);
+  assert.equal(records[0]!.eightBit, true);
+  assert.equal(records[0]!.utf8Headers, true);
+});
+
 test('a queue in the two-file layout (<id>.eml body, <id>.json envelope) is taken over as it is', async (t) => {
   const dir = await tempDir();
   t.after(() => dir.remove());
