@@ -442,7 +442,10 @@ export class Listener {
       .store(message as Readable, record, (r) => {
         if (message.messageId) r.messageId = message.messageId;
         if (message.eightBit) r.eightBit = true;
-        if (session.envelope.smtpUtf8 && message.eightBitHeader) r.utf8Headers = true;
+        // The accepted MAIL's own parameter: smtp-server sets envelope.smtpUtf8 before onMailFrom and leaves it
+        // set when that MAIL is refused (a 555 for another of its parameters), so a later plain MAIL would inherit it.
+        const mailArgs = session.envelope.mailFrom ? (session.envelope.mailFrom.args as Record<string, unknown> | false) : false;
+        if (mailArgs && mailArgs.SMTPUTF8 && message.eightBitHeader) r.utf8Headers = true;
         const from = headerFromAddresses(message.headerBlock);
         if (from.length > 0) r.headerFrom = from;
         // Header rules could otherwise turn a From the client may not use into one it may not use either.

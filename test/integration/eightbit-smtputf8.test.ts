@@ -98,4 +98,18 @@ test('a message the client sent with SMTPUTF8 and UTF-8 header fields is bounced
   await send('MAIL FROM:<app@origin.test>', '<undeclared@origin.test>');
   await old.waitForMessages(1);
   assert.ok(byMessageId(old, '<undeclared@origin.test>').raw.includes(Buffer.from('Subject: Grüße')));
+
+  // SMTPUTF8 on a MAIL that was refused (555 for its other parameter) does not carry over to the next MAIL.
+  const refusedFirst = await smtpDialog(daemon.port('relay'), [
+    'EHLO client.test',
+    'MAIL FROM:<app@origin.test> SMTPUTF8 FOO=bar',
+    'MAIL FROM:<app@origin.test>',
+    'RCPT TO:<carl@old.test>',
+    'DATA',
+    'RAW:Subject: Grüße\r\nMessage-ID: <refused-first@origin.test>\r\n\r\nbody\r\n.\r\n',
+    'QUIT',
+  ]);
+  assert.deepEqual(smtpReplyCodes(refusedFirst).slice(0, 7), [220, 250, 555, 250, 250, 354, 250]);
+  await old.waitForMessages(2);
+  assert.ok(byMessageId(old, '<refused-first@origin.test>').raw.includes(Buffer.from('Subject: Grüße')));
 });
