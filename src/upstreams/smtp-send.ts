@@ -134,8 +134,12 @@ function smtpUtf8Refusal(request: DeliveryRequest, envelope: { from: string; to:
 export function wireForm(address: string): string {
   const at = address.lastIndexOf('@');
   if (at < 0) return address;
-  const domain = address.slice(at + 1);
-  return `${address.slice(0, at)}@${domainToASCII(domain) || domain.toLowerCase()}`;
+  return `${address.slice(0, at)}@${asciiDomain(address.slice(at + 1))}`;
+}
+
+/** A domain as it goes on the wire: an IDN as lower-case A-labels (bücher.de is xn--bcher-kva.de). */
+export function asciiDomain(domain: string): string {
+  return domainToASCII(domain) || domain.toLowerCase();
 }
 
 /** The SMTP command nodemailer was running when `err` happened ("AUTH XOAUTH2", "MAIL FROM", "CONN" ...). */

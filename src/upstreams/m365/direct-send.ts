@@ -6,7 +6,7 @@
  * replaced by hyphens under mail.protection.outlook.com (newer tenants may have one under mx.microsoft:
  * give it as `host`).
  */
-import { domainToASCII } from 'node:url';
+import { asciiDomain } from '../smtp-send.js';
 import type { M365ConnectorUpstreamConfig } from './config.js';
 
 /** contoso.com -> contoso-com.mail.protection.outlook.com */
@@ -35,7 +35,3 @@ export function acceptsRecipient(config: Pick<M365ConnectorUpstreamConfig, 'mode
   return (config.acceptedDomains ?? []).some((accepted) => asciiDomain(accepted) === domain);
 }
 
-/** An IDN compares in its A-label form: anna@bücher.de is anna@xn--bcher-kva.de on the wire. */
-function asciiDomain(domain: string): string {
-  return domainToASCII(domain) || domain.toLowerCase();
-}
