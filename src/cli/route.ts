@@ -6,7 +6,7 @@ import { NetworkList, normalizeIp } from '../policy/networks.js';
 import { checkSenderAllowed } from '../policy/sender-policy.js';
 import { SuppressionList, type SuppressionEntry } from '../policy/suppression.js';
 import { formatMailbox, parseMailboxes, type Mailbox } from '../rewrite/header-block.js';
-import { ORIGINAL_RECIPIENTS_HEADER, rewriteEnvelopeSender, rewriteFromMailboxes } from '../rewrite/sender.js';
+import { fromForMissing, ORIGINAL_RECIPIENTS_HEADER, rewriteEnvelopeSender, rewriteFromMailboxes } from '../rewrite/sender.js';
 import { chooseRoute, type RuleCheck } from '../routing/route.js';
 import { CONFIG_OPTION, parseCommandLine, UsageError, type Command } from './command.js';
 
@@ -199,7 +199,7 @@ function mailFromVerdict(config: Readonly<Config>, input: ExplainInput): RouteEx
   return refused ? { accepted: false, reply: refused.reply } : { accepted: true };
 }
 
-/** The header From as the delivery planner would write it (see editHeaderBlock). */
+/** The header From (and Reply-To) as the delivery planner would write it (see editHeaderBlock). */
 function headerFromAfter(
   from: readonly Mailbox[],
   sender: string,
@@ -208,17 +208,14 @@ function headerFromAfter(
 ): RecipientExplanation['headerFrom'] {
   const original = from.map(formatMailbox);
   if (sender === '') return { original, rewritten: original, changed: false, note: 'bounces (null sender) are delivered exactly as written' };
-  if (from.length === 0) {
-    return rewrittenSender !== sender
-      ? { original, rewritten: [`<${rewrittenSender}>`], changed: true, note: 'the message has no From; the rewritten sender is added' }
-      : { original, rewritten: original, changed: false, note: 'the message has no From' };
-  }
-  const r = rewriteFromMailboxes(from, options);
+  const missing = from.length === 0;
+  const r = missing ? fromForMissing({ original: sender, rewritten: rewrittenSender }, options) : rewriteFromMailboxes(from, options);
   return {
     original,
-    rewritten: r.from.map(formatMailbox),
+    rewritten: r.changed ? r.from.map(formatMailbox) : original,
     changed: r.changed,
-    ...(r.changed && r.replyToOriginal ? { replyTo: original } : {}),
+    ...(missing ? { note: r.changed ? 'the message has no From; the rewritten sender is added' : 'the message has no From' } : {}),
+    ...(r.replyTo && r.replyTo.length > 0 ? { replyTo: r.replyTo.map(formatMailbox) } : {}),
   };
 }
 

@@ -54,15 +54,25 @@ function formatIssue(issue: z.core.$ZodIssue): string[] {
       return `${keyPath}: unknown key`;
     });
   }
+  if (issue.code === 'invalid_union' && issue.message === 'Invalid input' && 'errors' in issue && issue.errors.length > 0) {
+    // zod's bare "Invalid input" says nothing; the one alternative of the value's own type (an object for an object) does.
+    const ofItsType = issue.errors.filter((branch) => !branch.some((i) => i.code === 'invalid_type' && i.path.length === 0));
+    if (ofItsType.length === 1) return ofItsType[0]!.flatMap((i) => formatIssue({ ...i, path: [...issue.path, ...i.path] } as z.core.$ZodIssue));
+    const expected = [...new Set(issue.errors.flatMap((branch) => branch.flatMap((i) => (i.code === 'invalid_type' && i.path.length === 0 ? [i.expected] : []))))];
+    if (ofItsType.length === 0 && expected.length > 0) return [`${path || '(top level)'}: expected ${expected.join(' or ')}${shownInput(issue)}`];
+  }
   const message = issue.message.replace(/^Invalid (input|option): /, '');
   if (issue.code === 'invalid_type' && issue.input === undefined) {
     return [`${path}: required key is missing (${message.replace(/, received undefined$/, '')})`];
   }
   // A record key's own schema (e.g. an upstream name) says what is wrong better than "Invalid key in record".
   const detail = issue.code === 'invalid_key' && issue.issues[0] ? `invalid name: ${issue.issues[0].message}` : message;
+  return [`${path || '(top level)'}: ${detail}${shownInput(issue)}`];
+}
+
+function shownInput(issue: z.core.$ZodIssue): string {
   const shown = 'input' in issue && issue.input !== undefined && typeof issue.input !== 'object' && !isSecretKey(issue.path.at(-1));
-  const got = shown ? `, got ${JSON.stringify(issue.input)}` : '';
-  return [`${path || '(top level)'}: ${detail}${got}`];
+  return shown ? `, got ${JSON.stringify(issue.input)}` : '';
 }
 
 /** Keys whose refused value may be a password mistyped into the wrong form: never echoed to the terminal. */

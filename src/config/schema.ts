@@ -41,6 +41,25 @@ const userNames = z.union([userName, z.array(userName).min(1)]).transform((v) =>
 const cidrs = z.union([cidr, z.array(cidr).min(1)]).transform((v) => (typeof v === 'string' ? [v] : v));
 const address = z.string().regex(/^[^@\s<>]+@[^@\s<>]+$/, { error: 'expected an e-mail address such as scans@contoso.com' });
 
+/**
+ * A central sender (seed 002's "sender name, sender address, reply to"): an address, or the address with the
+ * display name the header From gets and the Reply-To added to messages that have none.
+ */
+const centralSenderFields = z.strictObject({
+  address,
+  /** Replaces the header From's display name; unset keeps the one the message had. */
+  name: z
+    .string()
+    .min(1)
+    .max(200)
+    .regex(/^[^\x00-\x1f\x7f]*$/, { error: 'expected a display name on one line, without control characters' })
+    .optional(),
+  /** Added as Reply-To when the message has none, instead of the original From. */
+  replyTo: address.optional(),
+}, { error: 'expected an e-mail address, or { address, name, replyTo }' });
+const centralSender = z.union([address, centralSenderFields]).transform((v) => (typeof v === 'string' ? { address: v } : v));
+export type CentralSender = z.output<typeof centralSender>;
+
 const testMode = z.strictObject({
   /** Every recipient is replaced by this address; the original ones are listed in a header. */
   to: address,
@@ -123,8 +142,8 @@ const user = z
     allowedSenders: addressPatterns.optional(),
     /** The user's own upstream: beats the route rules (user settings beat admin settings). */
     upstream: name.optional(),
-    /** One central sender address for everything this user sends (envelope and header From). */
-    sender: address.optional(),
+    /** One central sender for everything this user sends (envelope and header From). */
+    sender: centralSender.optional(),
     passwordHash: z.string().refine(isPasswordHash, {
       error: 'expected a hash printed by "smarthost hash-password" ($scrypt$ln=...)',
     }),
@@ -191,8 +210,8 @@ const route = z.strictObject({
    * temporary failure; a permanent (5xx) answer never fails over.
    */
   fallbacks: z.array(name).default([]),
-  /** Force one central sender address (envelope and header From) for everything this route carries. */
-  sender: address.optional(),
+  /** Force one central sender (envelope and header From) for everything this route carries. */
+  sender: centralSender.optional(),
   testMode: testMode.optional(),
 });
 

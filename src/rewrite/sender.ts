@@ -1,4 +1,4 @@
-import type { RewriteRule } from '../config/schema.js';
+import type { CentralSender, RewriteRule } from '../config/schema.js';
 import { expandTarget, matchAddress } from '../routing/address-pattern.js';
 import { fieldValue, formatField, formatMailbox, parseMailboxes, splitHeaderFields, type Mailbox } from './header-block.js';
 
@@ -12,13 +12,13 @@ export const ORIGINAL_RECIPIENTS_HEADER = 'X-Smarthost-Original-Recipients';
 export interface SenderRewriteOptions {
   rules: readonly RewriteRule[];
   /** A central sender forced by the user or the route: replaces envelope and header sender alike. */
-  forcedSender?: string;
+  forcedSender?: CentralSender;
 }
 
 /** The envelope sender after alias rules (the null sender of a bounce is never rewritten). */
 export function rewriteEnvelopeSender(sender: string, o: SenderRewriteOptions): { address: string; rule?: number } {
   if (sender === '') return { address: sender };
-  if (o.forcedSender) return { address: o.forcedSender };
+  if (o.forcedSender) return { address: o.forcedSender.address };
   for (const [i, rule] of o.rules.entries()) {
     if (rule.apply === 'header') continue;
     const m = matchAddress(rule.match, sender);
@@ -27,19 +27,26 @@ export function rewriteEnvelopeSender(sender: string, o: SenderRewriteOptions): 
   return { address: sender };
 }
 
+export interface FromRewrite {
+  from: Mailbox[];
+  changed: boolean;
+  /** The Reply-To a message without one gets: the original From, or the central sender's fixed reply address. */
+  replyTo?: Mailbox[];
+}
+
 /** The header From after alias rules: each mailbox is rewritten by the first header rule that matches it. */
-export function rewriteFromMailboxes(
-  from: readonly Mailbox[],
-  o: SenderRewriteOptions,
-): { from: Mailbox[]; changed: boolean; replyToOriginal: boolean } {
+export function rewriteFromMailboxes(from: readonly Mailbox[], o: SenderRewriteOptions): FromRewrite {
+  const forced = o.forcedSender;
+  if (forced) {
+    const out = from.map((mailbox) => ({ name: forced.name ?? mailbox.name, address: forced.address }));
+    const changed = out.some((m, i) => m.address !== from[i]!.address || m.name !== from[i]!.name);
+    // A fixed reply address is the route's or user's own choice, so it holds whether or not From changed.
+    const replyTo = forced.replyTo ? [{ name: '', address: forced.replyTo }] : changed ? [...from] : undefined;
+    return { from: out, changed, ...(replyTo ? { replyTo } : {}) };
+  }
   let changed = false;
   let replyToOriginal = false;
   const out = from.map((mailbox) => {
-    if (o.forcedSender) {
-      changed ||= mailbox.address !== o.forcedSender;
-      replyToOriginal = true;
-      return { name: mailbox.name, address: o.forcedSender };
-    }
     for (const rule of o.rules) {
       if (rule.apply === 'envelope') continue;
       const m = matchAddress(rule.match, mailbox.address);
@@ -50,7 +57,21 @@ export function rewriteFromMailboxes(
     }
     return mailbox;
   });
-  return { from: out, changed, replyToOriginal };
+  return { from: out, changed, ...(replyToOriginal ? { replyTo: [...from] } : {}) };
+}
+
+/**
+ * The From (and Reply-To) a message that has no From gets, so upstreams that insist on From accept it: the
+ * rewritten envelope sender, when rewriting changed it.
+ */
+export function fromForMissing(envelope: { original: string; rewritten: string }, o: SenderRewriteOptions): FromRewrite {
+  if (envelope.rewritten === '' || envelope.rewritten === envelope.original) return { from: [], changed: false };
+  const forced = o.forcedSender;
+  return {
+    from: [{ name: forced?.name ?? '', address: envelope.rewritten }],
+    changed: true,
+    ...(forced?.replyTo ? { replyTo: [{ name: '', address: forced.replyTo }] } : {}),
+  };
 }
 
 function displayName(rule: RewriteRule, original: Mailbox): string {
@@ -79,18 +100,14 @@ export function editHeaderBlock(block: Buffer, edits: HeaderEdits): Buffer {
 
   const fromFields = fields.filter((f) => f.name === 'from');
   const original = fromFields.flatMap((f) => parseMailboxes(fieldValue(f)));
-  const rewritten = rewriteFromMailboxes(original, edits.options);
-  let replacement: Buffer[] = [];
-  if (fromFields.length === 0 && edits.envelope.rewritten !== '' && edits.envelope.rewritten !== edits.envelope.original) {
-    // A message without From gets the rewritten sender, so upstreams that insist on From accept it.
-    replacement = [formatField('From', `<${edits.envelope.rewritten}>`)];
-  } else if (rewritten.changed) {
-    replacement = [formatField('From', rewritten.from.map(formatMailbox).join(', '))];
+  const rewritten = fromFields.length === 0 ? fromForMissing(edits.envelope, edits.options) : rewriteFromMailboxes(original, edits.options);
+  const replacement: Buffer[] = [];
+  if (rewritten.changed) {
+    replacement.push(formatField('From', rewritten.from.map(formatMailbox).join(', ')));
     added.push(...fromFields.map((f) => Buffer.concat([Buffer.from(`${ORIGINAL_FROM_HEADER}:`), f.raw.subarray(f.raw.indexOf(':') + 1)])));
-    if (rewritten.replyToOriginal && !fields.some((f) => f.name === 'reply-to') && original.length > 0) {
-      replacement.push(formatField('Reply-To', original.map(formatMailbox).join(', ')));
-    }
   }
+  const addReplyTo = rewritten.replyTo && rewritten.replyTo.length > 0 && !fields.some((f) => f.name === 'reply-to');
+  if (addReplyTo) (rewritten.changed ? replacement : added).push(formatField('Reply-To', rewritten.replyTo!.map(formatMailbox).join(', ')));
   if (added.length === 0 && replacement.length === 0) return block;
 
   const out: Buffer[] = [...added];

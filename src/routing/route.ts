@@ -1,4 +1,4 @@
-import type { Config, RouteConfig, TestModeConfig } from '../config/schema.js';
+import type { CentralSender, Config, RouteConfig, TestModeConfig } from '../config/schema.js';
 import { NetworkList } from '../policy/networks.js';
 import { domainOf, matchesAny } from './address-pattern.js';
 
@@ -21,7 +21,7 @@ export interface RouteDecision {
   /** Upstreams tried in turn, in the same attempt, when `upstream` is down, over a limit or fails temporarily. */
   fallbacks?: string[];
   /** A central sender forced by the user or the route. */
-  forcedSender?: string;
+  forcedSender?: CentralSender;
   testMode?: TestModeConfig;
 }
 

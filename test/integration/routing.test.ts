@@ -206,6 +206,43 @@ test('a route with a forced central sender: envelope and From become it, the ori
   assert.ok(bodyOf(m.raw).equals(bodyOf(raw)));
 });
 
+test('a central sender with a display name and a reply address (the seeds\' "sender name" and "reply to"): From and Reply-To as configured, body untouched', async (t) => {
+  const { relay, sinks } = await setup(t, {
+    users: [await user('erp', { sender: { address: 'erp-central@contoso.com', name: 'ERP Müller GmbH' } })],
+    routing: {
+      routes: [
+        {
+          name: 'invoices',
+          match: { sender: '@erp.local', listener: 'relay' },
+          upstream: 'a',
+          sender: { address: 'invoices@contoso.com', name: 'Contoso Accounting', replyTo: 'accounting@contoso.com' },
+        },
+        { name: 'users', match: { user: 'erp' }, upstream: 'b', sender: 'users@contoso.com' },
+      ],
+    },
+  });
+  const raw = message({ from: '"ERP System" <erp@erp.local>', subject: 'invoice 43' });
+  const routed = await send(relay, { from: 'erp@erp.local', to: ['customer@partner.test'] }, raw);
+  const byUser = await send(relay, { from: 'app@erp.local', to: ['c@partner.test'] }, raw, { listener: 'submission', user: 'erp' });
+  await relay.waitForLog(removed(routed));
+  await relay.waitForLog(removed(byUser));
+
+  const [m] = sinks.a.messages;
+  assert.ok(m && sinks.a.messages.length === 1);
+  assert.equal(m.sender, 'invoices@contoso.com');
+  assert.deepEqual(headers(m.raw, 'From'), ['"Contoso Accounting" <invoices@contoso.com>']);
+  assert.deepEqual(headers(m.raw, 'Reply-To'), ['<accounting@contoso.com>'], 'the configured reply address, not the original From');
+  assert.deepEqual(headers(m.raw, 'X-Smarthost-Original-From'), ['"ERP System" <erp@erp.local>']);
+  assert.ok(bodyOf(m.raw).equals(bodyOf(raw)));
+
+  // The user's central sender beats the route's; its name is encoded, and without a reply address the original answers.
+  const [u] = sinks.b.messages;
+  assert.ok(u && sinks.b.messages.length === 1);
+  assert.equal(u.sender, 'erp-central@contoso.com');
+  assert.deepEqual(headers(u.raw, 'From'), ['=?UTF-8?Q?ERP_M=C3=BCller_GmbH?= <erp-central@contoso.com>']);
+  assert.deepEqual(headers(u.raw, 'Reply-To'), ['"ERP System" <erp@erp.local>']);
+});
+
 test('an authenticated user with an own upstream beats the route rules; a user without one follows them', async (t) => {
   const { relay, sinks } = await setup(t, {
     users: [await user('erp', { upstream: 'c', sender: 'erp-central@contoso.com' }), await user('plain')],

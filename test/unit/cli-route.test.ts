@@ -62,7 +62,7 @@ routing:
     - name: invoices
       match: { sender: "/^invoice-(\\\\d+)@/" }
       upstream: accounting
-      sender: invoices@contoso.test
+      sender: { address: invoices@contoso.test, name: Contoso Invoices, replyTo: billing@contoso.test }
       testMode: { to: qa@contoso.test }
 rewrite:
   - match: "*@printer.local"
@@ -152,7 +152,7 @@ describe('smarthost route', { concurrency: true }, () => {
     assert.equal(text.stdout.match(/^recipient /gm)?.length, 2);
   });
 
-  test('a route that forces a sender and has test mode shows both; a header From given apart is rewritten on its own', async () => {
+  test('a route that forces a named sender with a reply address and has test mode shows all three; a header From given apart is rewritten on its own', async () => {
     const r = await run([
       'route', '--config', CONFIG, '--from', 'invoice-77@erp.local', '--header-from', '"ERP" <noreply@erp.local>', '--to', 'dave@example.test',
     ]);
@@ -161,7 +161,8 @@ describe('smarthost route', { concurrency: true }, () => {
     assert.match(r.stdout, /^ {2}route +routes\[3\] invoices$/m);
     assert.match(r.stdout, /^ {2}upstream +accounting \(smtp, mail\.accounting\.test port 2525, none\)$/m);
     assert.match(r.stdout, /^ {2}envelope sender +invoices@contoso\.test \(was invoice-77@erp\.local; by the sender of routes\[3\] invoices\)$/m);
-    assert.match(r.stdout, /^ {2}header From +"ERP" <invoices@contoso\.test> \(was "ERP" <noreply@erp\.local>\)$/m);
+    assert.match(r.stdout, /^ {2}header From +"Contoso Invoices" <invoices@contoso\.test> \(was "ERP" <noreply@erp\.local>\)$/m);
+    assert.match(r.stdout, /^ {2}Reply-To +<billing@contoso\.test> \(added when the message has none\)$/m, "the route's reply address, not the original From");
     assert.match(r.stdout, /^ {2}test mode +ON: delivered to qa@contoso\.test instead; the recipient is listed in X-Smarthost-Original-Recipients$/m);
     assert.match(r.stdout, /^ {4}routes\[2\] scans: sender invoice-77@erp\.local matches none of \*@printer\.local$/m);
   });

@@ -235,6 +235,29 @@ test('routing.routes[].match.user naming no configured user is refused at its ke
   assert.deepEqual(problems(text), ['routing.routes[0].match.user[1]: names no user, got "erpp"']);
 });
 
+test('a central sender is an address, or { address, name, replyTo } (the seeds\' sender name and reply-to); each problem at its key path', () => {
+  const route = (sender: string) => yaml({ routing: `outbox, routes: [{ name: r, match: {}, upstream: outbox, sender: ${sender} }]` });
+  assert.deepEqual(parseConfig(route('invoices@contoso.com')).routing.routes[0]?.sender, { address: 'invoices@contoso.com' });
+  assert.deepEqual(parseConfig(route('{ address: invoices@contoso.com, name: "Contoso Accounting", replyTo: accounting@contoso.com }')).routing.routes[0]?.sender, {
+    address: 'invoices@contoso.com',
+    name: 'Contoso Accounting',
+    replyTo: 'accounting@contoso.com',
+  });
+  const users = (sender: string) => yaml({ extra: `users: [{ name: erp, passwordHash: "${VALID_HASH}", sender: ${sender} }]` });
+  assert.deepEqual(parseConfig(users('{ address: erp@contoso.com, name: ERP }')).users[0]?.sender, { address: 'erp@contoso.com', name: 'ERP' });
+
+  assert.deepEqual(problems(route('invoices')), ['routing.routes[0].sender: expected an e-mail address such as scans@contoso.com, got "invoices"']);
+  assert.deepEqual(problems(route('{ address: invoices@contoso.com, replyTo: accounting }')), [
+    'routing.routes[0].sender.replyTo: expected an e-mail address such as scans@contoso.com, got "accounting"',
+  ]);
+  // A line break in the name would end the From field and start another one of the client's choosing.
+  assert.deepEqual(problems(route('{ address: invoices@contoso.com, name: "Accounting\\r\\nBcc: x@evil.test" }')), [
+    'routing.routes[0].sender.name: expected a display name on one line, without control characters, got "Accounting\\r\\nBcc: x@evil.test"',
+  ]);
+  assert.deepEqual(problems(route('{ adress: invoices@contoso.com }')), ['routing.routes[0].sender.address: required key is missing (expected string)', 'routing.routes[0].sender.adress: unknown key']);
+  assert.deepEqual(problems(users('42')), ['users[0].sender: expected string or object, got 42']);
+});
+
 test('a plaintext user password is refused and points at hash-password', () => {
   assertProblem(yaml({ extra: 'users: [{ name: scanner, password: hunter2 }]' }), /^users\[0\]\.password: plaintext passwords are refused.*hash-password/);
 });

@@ -66,7 +66,7 @@ test('prepare with a rule: envelope and header rewritten, body line untouched, e
 
 test('prepare with a forced sender from the route decision', async () => {
   const planner = createPlanner(config(), fakeSpool());
-  const p = planner.prepare(record(), { via: 'routes[0] x', upstream: 'a', forcedSender: 'central@contoso.com' }, ['r1@contoso.com']);
+  const p = planner.prepare(record(), { via: 'routes[0] x', upstream: 'a', forcedSender: { address: 'central@contoso.com' } }, ['r1@contoso.com']);
   assert.equal(p.request.sender, 'central@contoso.com');
   assert.match(await text(p.request.openMessage()), /^From: "Scanner" <central@contoso\.com>\r$/m);
 });
@@ -96,7 +96,7 @@ test('test mode: one delivery to the test address, original recipients in a head
 test('bounces (null sender) are never rewritten; in test mode they still list the original recipient (regression)', async () => {
   const planner = createPlanner(config({ rewrite: [{ match: '*', to: 'catchall@contoso.com' }] }), fakeSpool());
   const bounce = record('', ['scanner@printer.local']);
-  const plain = planner.prepare(bounce, { via: 'default', upstream: 'a', forcedSender: 'central@contoso.com' }, ['scanner@printer.local']);
+  const plain = planner.prepare(bounce, { via: 'default', upstream: 'a', forcedSender: { address: 'central@contoso.com' } }, ['scanner@printer.local']);
   assert.equal(plain.request.sender, '');
   assert.equal(plain.rewrittenSender, undefined);
   assert.equal(await text(plain.request.openMessage()), STORED, 'stored bytes, not even the From rewritten');

@@ -82,13 +82,13 @@ test('envelope: header-only rules are skipped, envelope-only and both apply', ()
 });
 
 test('envelope: a forced central sender beats every rule', () => {
-  const o = { rules: [rule('*', 'rule@contoso.com')], forcedSender: 'central@contoso.com' };
+  const o = { rules: [rule('*', 'rule@contoso.com')], forcedSender: { address: 'central@contoso.com' } };
   assert.deepEqual(rewriteEnvelopeSender('a@printer.local', o), { address: 'central@contoso.com' });
 });
 
 test('envelope: the null sender of a bounce is never rewritten, not even by a catch-all or a forced sender', () => {
   assert.deepEqual(rewriteEnvelopeSender('', { rules: [rule('*', 'x@contoso.com'), rule('/.*/', 'y@contoso.com')] }), { address: '' });
-  assert.deepEqual(rewriteEnvelopeSender('', { rules: [], forcedSender: 'central@contoso.com' }), { address: '' });
+  assert.deepEqual(rewriteEnvelopeSender('', { rules: [], forcedSender: { address: 'central@contoso.com' } }), { address: '' });
 });
 
 // ----- From mailboxes -----
@@ -99,13 +99,28 @@ test('From mailboxes: only matching ones are rewritten; header rules apply, enve
     { name: 'Bob', address: 'bob@other.test' },
   ];
   const r = rewriteFromMailboxes(from, { rules: [rule('@other.test', 'nope@x.test', { apply: 'envelope' }), rule('scanner@printer.local', 'scans@contoso.com')] });
-  assert.deepEqual(r, { from: [{ name: 'Scanner', address: 'scans@contoso.com' }, from[1]], changed: true, replyToOriginal: true });
-  assert.deepEqual(rewriteFromMailboxes(from, { rules: [rule('@nowhere.test', 'x@y.test')] }), { from, changed: false, replyToOriginal: false });
+  assert.deepEqual(r, { from: [{ name: 'Scanner', address: 'scans@contoso.com' }, from[1]], changed: true, replyTo: from });
+  assert.deepEqual(rewriteFromMailboxes(from, { rules: [rule('@nowhere.test', 'x@y.test')] }), { from, changed: false });
 });
 
 test('From mailboxes: a forced sender replaces every address, keeps names, asks for Reply-To', () => {
-  const r = rewriteFromMailboxes([{ name: 'Scanner', address: 'scanner@printer.local' }], { rules: [], forcedSender: 'central@contoso.com' });
-  assert.deepEqual(r, { from: [{ name: 'Scanner', address: 'central@contoso.com' }], changed: true, replyToOriginal: true });
+  const r = rewriteFromMailboxes([{ name: 'Scanner', address: 'scanner@printer.local' }], { rules: [], forcedSender: { address: 'central@contoso.com' } });
+  assert.deepEqual(r, { from: [{ name: 'Scanner', address: 'central@contoso.com' }], changed: true, replyTo: [{ name: 'Scanner', address: 'scanner@printer.local' }] });
+});
+
+test('From mailboxes: a central sender with a name and a reply address sets both; the reply address holds even when From is already right', () => {
+  const forcedSender = { address: 'invoices@contoso.com', name: 'Contoso Accounting', replyTo: 'accounting@contoso.com' };
+  const r = rewriteFromMailboxes([{ name: 'ERP', address: 'erp@erp.local' }], { rules: [], forcedSender });
+  assert.deepEqual(r, {
+    from: [{ name: 'Contoso Accounting', address: 'invoices@contoso.com' }],
+    changed: true,
+    replyTo: [{ name: '', address: 'accounting@contoso.com' }],
+  });
+  const already = rewriteFromMailboxes([{ name: 'Contoso Accounting', address: 'invoices@contoso.com' }], { rules: [], forcedSender });
+  assert.deepEqual(already, { from: [{ name: 'Contoso Accounting', address: 'invoices@contoso.com' }], changed: false, replyTo: [{ name: '', address: 'accounting@contoso.com' }] });
+  // Only the name differs: that is a change too.
+  const renamed = rewriteFromMailboxes([{ name: 'Old', address: 'invoices@contoso.com' }], { rules: [], forcedSender: { address: 'invoices@contoso.com', name: 'New' } });
+  assert.deepEqual(renamed, { from: [{ name: 'New', address: 'invoices@contoso.com' }], changed: true, replyTo: [{ name: 'Old', address: 'invoices@contoso.com' }] });
 });
 
 // ----- header block -----
@@ -238,7 +253,7 @@ test('missing From: the rewritten envelope sender becomes the From; without a re
   // A header-only rule does not change the envelope, so there is nothing to put in a From.
   assert.ok(editHeaderBlock(input, edits('scanner@printer.local', { rules: [rule('@printer.local', 'x@contoso.com', { apply: 'header' })] })).equals(input));
   // A forced sender counts as a rewrite.
-  const forced = editHeaderBlock(input, edits('scanner@printer.local', { rules: [], forcedSender: 'central@contoso.com' }));
+  const forced = editHeaderBlock(input, edits('scanner@printer.local', { rules: [], forcedSender: { address: 'central@contoso.com' } }));
   assert.deepEqual(fieldsNamed(forced, 'From'), ['From: <central@contoso.com>\r\n']);
 });
 
@@ -298,11 +313,42 @@ test('envelope and header rules are chosen independently, each by its own first 
 
 test('forced central sender: envelope and From replaced, original name kept, Reply-To to the original', async () => {
   const input = block('From: "Scanner" <scanner@printer.local>', 'Subject: x');
-  const out = editHeaderBlock(input, edits('scanner@printer.local', { rules: [rule('@printer.local', 'rule@contoso.com')], forcedSender: 'central@contoso.com' }));
+  const out = editHeaderBlock(input, edits('scanner@printer.local', { rules: [rule('@printer.local', 'rule@contoso.com')], forcedSender: { address: 'central@contoso.com' } }));
   const p = await parsed(out);
   assert.deepEqual(p.from, [{ name: 'Scanner', address: 'central@contoso.com' }]);
   assert.deepEqual(p.replyTo, [{ name: 'Scanner', address: 'scanner@printer.local' }]);
   assert.deepEqual(fieldsNamed(out, 'X-Smarthost-Original-Sender'), ['X-Smarthost-Original-Sender: <scanner@printer.local>\r\n']);
+});
+
+test('central sender with a name and a reply address: exact header block, an existing Reply-To kept, a message without From gets both', () => {
+  const forcedSender = { address: 'invoices@contoso.com', name: 'Contoso Accounting', replyTo: 'accounting@contoso.com' };
+  const input = block('From: "ERP" <erp@erp.local>', 'Subject: x');
+  assert.deepEqual(lines(editHeaderBlock(input, edits('erp@erp.local', { rules: [], forcedSender }))), [
+    'X-Smarthost-Original-Sender: <erp@erp.local>',
+    'X-Smarthost-Original-From: "ERP" <erp@erp.local>',
+    'From: "Contoso Accounting" <invoices@contoso.com>',
+    'Reply-To: <accounting@contoso.com>',
+    'Subject: x',
+  ]);
+  const withReplyTo = block('From: erp@erp.local', 'Reply-To: customer-service@contoso.com', 'Subject: x');
+  assert.deepEqual(fieldsNamed(editHeaderBlock(withReplyTo, edits('erp@erp.local', { rules: [], forcedSender })), 'Reply-To'), ['Reply-To: customer-service@contoso.com\r\n']);
+  // From already as configured: only the reply address is added, every other field keeps its bytes.
+  const already = block('From: "Contoso Accounting" <invoices@contoso.com>', 'Subject: x');
+  assert.deepEqual(lines(editHeaderBlock(already, edits('invoices@contoso.com', { rules: [], forcedSender }))), [
+    'Reply-To: <accounting@contoso.com>',
+    'From: "Contoso Accounting" <invoices@contoso.com>',
+    'Subject: x',
+  ]);
+  const noFrom = block('Subject: x');
+  assert.deepEqual(lines(editHeaderBlock(noFrom, edits('erp@erp.local', { rules: [], forcedSender }))), [
+    'X-Smarthost-Original-Sender: <erp@erp.local>',
+    'Subject: x',
+    'From: "Contoso Accounting" <invoices@contoso.com>',
+    'Reply-To: <accounting@contoso.com>',
+  ]);
+  // A non-ASCII name is encoded, so the field stays 7-bit.
+  const umlaut = editHeaderBlock(input, edits('erp@erp.local', { rules: [], forcedSender: { address: 'invoices@contoso.com', name: 'Buchhaltung Müller' } }));
+  assert.match(fieldsNamed(umlaut, 'From')[0]!, /^From: =\?UTF-8\?Q\?Buchhaltung_M=C3=BCller\?= <invoices@contoso\.com>\r\n$/);
 });
 
 test('test mode: the original recipients are listed, folded when long, nothing else changes without rules', () => {

@@ -260,17 +260,17 @@ test('forced sender: from the route, the user beats the route, the user at every
     relayUpstream: 'lan',
     routes,
   });
-  assert.equal(route(c).decision.forcedSender, 'noreply@contoso.com', 'the route forces its central sender');
-  assert.equal(route(c, { user: 'plain' }).decision.forcedSender, 'noreply@contoso.com');
-  assert.equal(route(c, { user: 'erp' }).decision.forcedSender, 'erp@contoso.com', "the user's sender beats the route's");
+  assert.equal(route(c).decision.forcedSender?.address, 'noreply@contoso.com', 'the route forces its central sender');
+  assert.equal(route(c, { user: 'plain' }).decision.forcedSender?.address, 'noreply@contoso.com');
+  assert.equal(route(c, { user: 'erp' }).decision.forcedSender?.address, 'erp@contoso.com', "the user's sender beats the route's");
   assert.equal(route(c, { recipient: 'x@open.test' }).decision.forcedSender, undefined, 'a route without sender forces nothing');
-  assert.equal(route(c, { recipient: 'x@open.test', user: 'erp' }).decision.forcedSender, 'erp@contoso.com');
-  assert.deepEqual(route(c, { user: 'own' }).decision, { via: 'user own', upstream: 'mine', forcedSender: 'own@contoso.com' });
-  assert.deepEqual(route(c, { user: 'erp', recipient: 'x@elsewhere.test' }).decision, { via: 'listener relay', upstream: 'lan', forcedSender: 'erp@contoso.com' });
+  assert.equal(route(c, { recipient: 'x@open.test', user: 'erp' }).decision.forcedSender?.address, 'erp@contoso.com');
+  assert.deepEqual(route(c, { user: 'own' }).decision, { via: 'user own', upstream: 'mine', forcedSender: { address: 'own@contoso.com' } });
+  assert.deepEqual(route(c, { user: 'erp', recipient: 'x@elsewhere.test' }).decision, { via: 'listener relay', upstream: 'lan', forcedSender: { address: 'erp@contoso.com' } });
   assert.deepEqual(route(c, { user: 'erp', recipient: 'x@elsewhere.test', listener: 'submission' }).decision, {
     via: 'default',
     upstream: 'fallback',
-    forcedSender: 'erp@contoso.com',
+    forcedSender: { address: 'erp@contoso.com' },
   });
   assert.equal(route(c, { recipient: 'x@elsewhere.test' }).decision.forcedSender, undefined, 'no route, no user: nothing forced');
 });
