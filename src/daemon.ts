@@ -105,7 +105,7 @@ export class Daemon {
       clock,
       log,
       suppression,
-      metrics: new DeliveryMetrics(registry, upstreamNames),
+      metrics: new DeliveryMetrics(registry, upstreamNames, config.tags),
       health,
       limits,
       limitMetrics: shared.limitMetrics,

@@ -169,7 +169,7 @@ export class DeliveryAttempts {
     this.#o.metrics?.duration.observe({ upstream: name }, (now - started) / 1000);
     for (const o of outcomes) {
       const state = states.find((s) => s.address === o.recipient)!;
-      this.#o.metrics?.recipient(name, o.delivered ? 'delivered' : state.status === 'failed' ? 'bounced' : 'deferred', o.delivered ? '2.0.0' : o.error.enhanced);
+      this.#o.metrics?.recipient(name, o.delivered ? 'delivered' : state.status === 'failed' ? 'bounced' : 'deferred', o.delivered ? '2.0.0' : o.error.enhanced, record.tag);
       this.#o.log.info(
         {
           event: 'delivery',
@@ -256,7 +256,7 @@ export class DeliveryAttempts {
     const recipients = record.recipients.map((r): RecipientState => {
       if (r.status !== 'pending' || !s.list.has(r.address)) return r;
       const dropped = s.action === 'drop';
-      this.#o.metrics?.recipient(NO_UPSTREAM, dropped ? 'suppressed' : 'bounced', reply.enhanced);
+      this.#o.metrics?.recipient(NO_UPSTREAM, dropped ? 'suppressed' : 'bounced', reply.enhanced, record.tag);
       this.#o.log.info(
         {
           event: 'delivery',
@@ -298,7 +298,7 @@ export class DeliveryAttempts {
     const recipients = record.recipients.map((r) => {
       if (r.status !== 'pending') return r;
       const expired = expire(r, lifetime);
-      this.#o.metrics?.recipient(r.upstream ?? NO_UPSTREAM, 'bounced', expired.lastReply?.enhanced);
+      this.#o.metrics?.recipient(r.upstream ?? NO_UPSTREAM, 'bounced', expired.lastReply?.enhanced, record.tag);
       return expired;
     });
     return { ...record, recipients };

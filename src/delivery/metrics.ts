@@ -1,5 +1,6 @@
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import type { MessageRecord } from '../spool/record.js';
+import { TAG_NONE, TAG_OTHER, tagLabel, type TagsConfig } from '../upstreams/tags.js';
 import type { UpstreamHealth } from './upstream-health.js';
 
 export type RecipientResult = 'delivered' | 'deferred' | 'bounced' | 'suppressed';
@@ -18,12 +19,18 @@ const DEFAULT_CLASS: Record<RecipientResult, string> = { delivered: '2.0', defer
 /** Seconds: 50 ms to 10 minutes. */
 const DURATION_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600];
 
+/** The results that end a recipient; deferred does not. */
+const FINAL_RESULTS = ['delivered', 'bounced', 'suppressed'] as const;
+
 /** What the scheduler counts per delivery attempt. */
 export class DeliveryMetrics {
   readonly recipients: Counter<'upstream' | 'result' | 'dsn_class'>;
   readonly duration: Histogram<'upstream'>;
+  /** Final recipient outcomes by their message's tag; only with tags configured. */
+  readonly recipientsByTag: Counter<'tag' | 'result'> | undefined;
+  readonly #tags: Pick<TagsConfig, 'allowed'> | undefined;
 
-  constructor(registry: Registry, upstreams: readonly string[]) {
+  constructor(registry: Registry, upstreams: readonly string[], tags?: Pick<TagsConfig, 'allowed'>) {
     const registers = [registry];
     this.recipients = new Counter({
       name: 'smarthost_delivery_recipients_total',
@@ -43,10 +50,24 @@ export class DeliveryMetrics {
       for (const result of ['delivered', 'deferred', 'bounced'] as const) this.recipients.inc({ upstream, result, dsn_class: DEFAULT_CLASS[result] }, 0);
     }
     this.recipients.inc({ upstream: NO_UPSTREAM, result: 'suppressed', dsn_class: DEFAULT_CLASS.suppressed }, 0);
+    this.#tags = tags;
+    if (tags) {
+      this.recipientsByTag = new Counter({
+        name: 'smarthost_delivery_recipients_by_tag_total',
+        help: 'Recipients whose delivery ended (delivered, bounced, suppressed), per tag of their message (only allow-listed tag values; others count as "other")',
+        labelNames: ['tag', 'result'],
+        registers,
+      });
+      for (const tag of [...tags.allowed, TAG_NONE, TAG_OTHER]) {
+        for (const result of FINAL_RESULTS) this.recipientsByTag.inc({ tag, result }, 0);
+      }
+    }
   }
 
-  recipient(upstream: string, result: RecipientResult, enhanced: string | undefined): void {
+  /** One recipient's outcome; `tag` is its message's (MessageRecord.tag), labelled with the allow-list in force now. */
+  recipient(upstream: string, result: RecipientResult, enhanced: string | undefined, tag: string | undefined): void {
     this.recipients.inc({ upstream, result, dsn_class: result === 'suppressed' ? DEFAULT_CLASS.suppressed : dsnClass(enhanced) });
+    if (result !== 'deferred') this.recipientsByTag?.inc({ tag: tagLabel(this.#tags, tag), result });
   }
 }
 

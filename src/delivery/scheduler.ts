@@ -3,6 +3,7 @@ import { nextDueAt, type MessageRecord } from '../spool/record.js';
 import { DeliveryAttempts, type AttemptOptions } from './attempt.js';
 import type { Bouncer } from './bounce.js';
 import { DueQueue } from './due-queue.js';
+import { NO_UPSTREAM } from './metrics.js';
 import type { UpstreamHealth } from './upstream-health.js';
 
 export interface SchedulerOptions extends AttemptOptions {
@@ -114,6 +115,7 @@ export class DeliveryScheduler {
       }
       let record = next;
       if (nextDueAt(record) !== undefined) await this.#save(record);
+      this.#countBounced(initial, record);
       if (owesDsn(record)) {
         record = await this.#o.bouncer.notify(record);
         if (nextDueAt(record) !== undefined) await this.#save(record);
@@ -234,6 +236,17 @@ export class DeliveryScheduler {
   async #save(record: MessageRecord): Promise<void> {
     await this.#o.spool.update(record);
     this.#records.set(record.id, record);
+  }
+
+  /**
+   * Recipients an administrator's change failed (queue bounce) are counted as bounced, once the change is written,
+   * as an expired one is: the sender gets a DSN either way. A deleted message ends no recipient: nothing is counted.
+   */
+  #countBounced(before: MessageRecord, after: MessageRecord): void {
+    for (const [i, r] of after.recipients.entries()) {
+      if (before.recipients[i]?.status !== 'pending' || r.status !== 'failed') continue;
+      this.#o.metrics?.recipient(r.upstream ?? NO_UPSTREAM, 'bounced', r.lastReply?.enhanced, after.tag);
+    }
   }
 
   async #finishOrKeep(record: MessageRecord): Promise<void> {

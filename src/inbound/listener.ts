@@ -10,7 +10,7 @@ import type { Config } from '../config/schema.js';
 import { checkEnvelopeAddress } from '../policy/address-policy.js';
 import { checkHeaderFromAllowed, checkSenderAllowed } from '../policy/sender-policy.js';
 import { unreachableRecipient } from '../upstreams/reachability.js';
-import { tagLabel } from '../upstreams/tags.js';
+import { tagLabel, tagValue } from '../upstreams/tags.js';
 import { fieldValue, parseMailboxes, splitHeaderFields } from '../rewrite/header-block.js';
 import { NetworkList, normalizeIp } from '../policy/networks.js';
 import type { SuppressionSettings } from '../policy/suppression.js';
@@ -448,6 +448,9 @@ export class Listener {
         if (mailArgs && mailArgs.SMTPUTF8 && message.eightBitHeader) r.utf8Headers = true;
         const from = headerFromAddresses(message.headerBlock);
         if (from.length > 0) r.headerFrom = from;
+        const tags = this.deps.policy.tags;
+        const tag = tags && tagValue(headerValue(message.headerBlock, tags.header));
+        if (tag !== undefined) r.tag = tag;
         // Header rules could otherwise turn a From the client may not use into one it may not use either.
         const refused = checkHeaderFromAllowed(this.deps.policy, { headerFrom: from, ...(r.client.user !== undefined ? { user: r.client.user } : {}), clientAddress: r.client.address });
         if (refused) throw refused;
@@ -462,7 +465,7 @@ export class Listener {
           this.deps.metrics?.messages.inc({ listener: this.config.name });
           this.deps.metrics?.messageSize.observe({ listener: this.config.name }, stored.size);
           const tags = this.deps.policy.tags;
-          if (tags) this.deps.metrics?.tagged.inc({ listener: this.config.name, tag: tagLabel(tags, headerValue(message.headerBlock, tags.header)) });
+          if (tags) this.deps.metrics?.tagged.inc({ listener: this.config.name, tag: tagLabel(tags, stored.tag) });
           this.deps.accept(stored);
         },
         (err: unknown) => {

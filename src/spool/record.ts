@@ -50,6 +50,12 @@ const messageRecord = z.strictObject({
    * does not offer SMTPUTF8 cannot take it. Absent on records from before this was kept.
    */
   utf8Headers: z.boolean().optional(),
+  /**
+   * The tag header's value (tags.header) as the client sent it, trimmed and cut short (tagValue): delivery counts
+   * outcomes per tag without reading the message again, and makes the label with the allow-list in force when it
+   * counts. Absent: no such header, tags not configured, or a record from before this was kept (counted as "none").
+   */
+  tag: z.string().optional(),
 });
 
 export type Reply = z.output<typeof reply>;

@@ -43,3 +43,15 @@ export function tagLabel(config: Pick<TagsConfig, 'allowed'> | undefined, header
   if (!config || value === '') return TAG_NONE;
   return config.allowed.find((allowed) => allowed === value) ?? TAG_OTHER;
 }
+
+/**
+ * Longest tag value a queued message keeps: longer than any allowed value (64), so a value cut to it never
+ * becomes an allowed one, and short enough that free text in the header does not bloat every envelope.
+ */
+const TAG_VALUE_MAX_LENGTH = 128;
+
+/** What a message's record keeps of its tag header (MessageRecord.tag): trimmed and cut; undefined when empty. */
+export function tagValue(headerValue: string | undefined): string | undefined {
+  const value = headerValue?.trim() ?? '';
+  return value === '' ? undefined : value.slice(0, TAG_VALUE_MAX_LENGTH);
+}

@@ -80,6 +80,7 @@ test('after accepted, refused, delivered, deferred and bounced mail, /metrics co
   assert.ok([...m.keys()].some((k) => k.startsWith('smarthost_build_info{') && k.includes(`node_version="${process.version}"`)));
   assert.ok(m.has('smarthost_process_cpu_user_seconds_total'), 'default Node process metrics carry the prefix');
   assert.ok(![...m.keys()].some((k) => k.includes('@')), 'no address is ever a label');
+  assert.equal(relay.daemon.registry.getSingleMetric('smarthost_delivery_recipients_by_tag_total'), undefined, 'outcomes per tag only with tags configured');
 });
 
 test('/healthz answers ok, /readyz is ready while listeners are up, and /api/ needs the token when one is set', async (t) => {

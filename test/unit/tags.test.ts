@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { ConfigError, parseConfig } from '../../src/config/load.js';
-import { TAG_NONE, TAG_OTHER, tagLabel, tagsSchema } from '../../src/upstreams/tags.js';
+import { TAG_NONE, TAG_OTHER, tagLabel, tagsSchema, tagValue } from '../../src/upstreams/tags.js';
 
 const config = tagsSchema.parse({ header: 'X-Tag', allowed: ['invoice', 'scan'] });
 
@@ -24,6 +24,17 @@ test('no header, an empty one, or no tags config at all is "none"', () => {
   assert.equal(tagLabel(config, undefined), TAG_NONE);
   assert.equal(tagLabel(config, '   '), TAG_NONE);
   assert.equal(tagLabel(undefined, 'invoice'), TAG_NONE);
+});
+
+test('what a queued message keeps of its tag is trimmed and cut short, and still labels as the whole value would', () => {
+  assert.equal(tagValue('  Invoice \t'), 'Invoice');
+  assert.equal(tagValue('   '), undefined);
+  assert.equal(tagValue(undefined), undefined);
+  const longest = tagsSchema.parse({ header: 'X-Tag', allowed: ['a'.repeat(64)] });
+  const text = `${'a'.repeat(64)}${'b'.repeat(10_000)}`;
+  assert.ok(tagValue(text)!.length < 200, 'free text does not bloat the envelope');
+  assert.equal(tagLabel(longest, tagValue(text)), TAG_OTHER, 'an allowed value followed by more text is not that value');
+  assert.equal(tagLabel(longest, tagValue('A'.repeat(64))), 'a'.repeat(64));
 });
 
 test('the allow-list is bounded and may not reuse the reserved labels', () => {
