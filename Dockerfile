@@ -24,8 +24,9 @@
 # that would hand the capability to every Node program in the image, and is ignored under
 # no-new-privileges anyway.
 #
-# Stopping: SIGTERM lets deliveries in flight finish within delivery.shutdownTimeout (default 30s);
-# Docker's default grace period is 10s, so give `--stop-timeout 45` (compose: stop_grace_period).
+# Stopping: SIGTERM ends idle SMTP sessions at once (421 4.3.2); a message still arriving and deliveries in
+# flight get up to delivery.shutdownTimeout (default 30s). Docker's default grace period is 10s, so give
+# `--stop-timeout 45` (compose: stop_grace_period).
 # Nothing accepted is lost either way: the spool is fsync'ed before a message is acknowledged.
 
 # --- Build stage: all dependencies (TypeScript), compile src/ into dist/src.

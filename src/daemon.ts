@@ -269,7 +269,7 @@ export class Daemon {
     return { ok: true, changed, restartRequired };
   }
 
-  /** Stops accepting, lets SMTP sessions and deliveries in flight finish within the timeout, keeps the rest queued. */
+  /** Stops accepting, ends idle SMTP sessions, lets messages being received and deliveries in flight finish within the timeout, keeps the rest queued. */
   async stop(timeoutMs = this.config.delivery.shutdownTimeout): Promise<void> {
     this.log.info({ event: 'stopping', timeoutMs }, 'stopping');
     // No delivery starts from here on (one started while a listener drains would get no time of its own and be

@@ -380,7 +380,7 @@ test('SIGTERM during start-up, while a large queue is being recovered, still end
   assert.equal((await readdir(queue)).length, COUNT, 'the queue is untouched');
 });
 
-test('SIGTERM while a client holds an idle session: no delivery starts during the drain, and a retry that falls due then stays queued', async (t) => {
+test('SIGTERM while a client holds a transaction open: no delivery starts during the drain, and a retry that falls due then stays queued', async (t) => {
   const dir = await tempDir();
   t.after(() => dir.remove());
   let attempts = 0;
@@ -394,13 +394,17 @@ test('SIGTERM while a client holds an idle session: no delivery starts during th
   const queueId = /queued as ([0-9A-Z]{22})$/.exec(info.response)?.[1];
   await child.waitForOutput(new RegExp(`"event":"delivery","queueId":"${queueId}".*"result":"deferred"`));
 
-  // An application's pooled connection, idle: the listener waits for it until shutdownTimeout, and the retry
-  // (due 300 ms after the first attempt) falls due meanwhile.
-  const idle = net.connect(relayPort(config), '127.0.0.1');
-  t.after(() => idle.destroy());
-  idle.on('error', () => {});
-  await new Promise<void>((resolve) => idle.once('data', () => resolve()));
-  idle.write('EHLO app.test\r\n');
+  // A client that sent MAIL FROM and then nothing: the listener lets its transaction finish until
+  // shutdownTimeout, and the retry (due 300 ms after the first attempt) falls due meanwhile.
+  const open = net.connect(relayPort(config), '127.0.0.1');
+  t.after(() => open.destroy());
+  open.on('error', () => {});
+  let received = '';
+  const replies = (n: number) => new Promise<void>((resolve) => open.on('data', (c: Buffer) => ((received += c.toString()), (received.match(/^\d{3} /gm) ?? []).length >= n && resolve())));
+  await replies(1);
+  open.write('EHLO app.test\r\nMAIL FROM:<app@origin.test>\r\n');
+  await replies(3);
+  assert.match(received, /^250 Accepted/m, received);
   child.proc.kill('SIGTERM');
   const exit = await exitWithin(child.exited, 10_000, 'daemon after SIGTERM');
   assert.deepEqual(exit, { code: 0, signal: null }, `stderr: ${child.stderr()}`);
