@@ -20,6 +20,7 @@ import type { Spool } from '../spool/spool.js';
 import type { WindowCounter } from '../state/window-counter.js';
 import { AuthFailureGuard } from './auth-guard.js';
 import { coalesceReplies } from './coalesce-replies.js';
+import { enhanceStatusCodes } from './enhanced-status-codes.js';
 import { dataRejectionReason, type InboundMetrics, type RejectionReason } from './metrics.js';
 import { InboundMessageTransform, type ReceivedTrace } from './message-stream.js';
 import { InboundRateLimiter, type RateKind } from './rate-limits.js';
@@ -143,11 +144,10 @@ export class Listener {
       authMethods: ['PLAIN', 'LOGIN'],
       authOptional: true,
       size: c.maxMessageSize,
-      maxClients: c.maxClients,
       socketTimeout: c.socketTimeout,
       disableReverseLookup: true,
-      // Enhanced status codes are written into each reply's text by SmtpError; smtp-server would add its own.
-      hideENHANCEDSTATUSCODES: true,
+      // smtp-server's replies get their code from its table; ours carry their own (see enhanceStatusCodes).
+      hideENHANCEDSTATUSCODES: false,
       hideDSN: true,
       hideREQUIRETLS: true,
       logger: false,
@@ -312,6 +312,12 @@ export class Listener {
     const connection = this.#connectionOf(session);
     // Never without it: AUTH would then be taken in clear.
     if (!connection) return new SmtpError(421, '4.3.0', 'Service not available, try again later').forSmtpServer();
+    // Checked here, not by smtp-server's maxClients option: its 421 goes out before this handler, with no enhanced status code.
+    if (this.server.connections.size > this.config.maxClients) {
+      this.#rejected('max_clients', 421);
+      return new SmtpError(421, '4.3.2', 'Too many connected clients, try again in a moment').forSmtpServer();
+    }
+    enhanceStatusCodes(connection);
     this.#keepSourceRoutes(connection);
     this.#requireTlsForAuth(connection);
     this.#refuseDeclaredOversize(connection);

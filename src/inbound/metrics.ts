@@ -4,9 +4,11 @@ import { TAG_NONE, TAG_OTHER, type TagsConfig } from '../upstreams/tags.js';
 
 /**
  * Why the listener refused something, as a bounded label: every refusal the listener makes itself maps to one
- * of these (smtp-server's own replies, such as 501 for address syntax or 421 for too many clients, are not counted).
+ * of these (smtp-server's own replies, such as 501 for address syntax or 421 for an early talker, are not counted).
  */
 export const REJECTION_REASONS = {
+  /** More connections to the listener than its maxClients. */
+  max_clients: 421,
   connections_per_ip: 421,
   auth_throttled: 421,
   auth_required: 530,

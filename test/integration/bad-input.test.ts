@@ -232,12 +232,12 @@ test('a MAIL FROM or RCPT TO parameter of an extension the listener does not off
     '555 5.5.4 Unsupported parameter FOO',
     '555 5.5.4 Unsupported parameter RET',
     // smtp-server refuses REQUIRETLS in clear itself; inside TLS it reaches the listener (auth-abuse.test.ts).
-    '530 REQUIRETLS not permitted on non-TLS connections',
+    '530 5.7.0 REQUIRETLS not permitted on non-TLS connections',
     '555 5.5.4 Unsupported parameter AUTH',
-    '250 Accepted',
+    '250 2.1.0 Accepted',
     '555 5.5.4 Unsupported parameter NOTIFY',
     '555 5.5.4 Unsupported parameter XYZ',
-    '250 Accepted',
+    '250 2.1.5 Accepted',
   ], t);
   queueIdOf(t);
   assert.equal(await rejections('unsupported_parameter', 555), refusedBefore + 5);

@@ -85,7 +85,7 @@ test('a PROXY header from any other peer is not honoured: an unknown command, an
   );
   const codes = smtpReplyCodes(t);
   assert.equal(codes[0], 220, t);
-  assert.equal(smtpReplies(t)[1], '500 Error: command not recognized');
+  assert.equal(smtpReplies(t)[1], '500 5.5.2 Error: command not recognized');
   assert.equal(smtpReplies(t)[3], '530 5.7.0 Authentication required');
   assert.ok(codes[4]! >= 500, `RCPT without a sender must fail:\n${t}`);
   const refused = await relay.waitForLog((l) => l.event === 'smtp.refused' && l.client === '127.0.0.2');
@@ -97,9 +97,9 @@ test('a peer that is not the balancer writing the header before the greeting get
   const replies = smtpReplies(t);
   // Whether the line arrives before the greeting (smtp-server's early-talker check) or after it, it is no header.
   if (replies[0]!.startsWith('421')) {
-    assert.deepEqual(replies, ['421 smarthost.test You talk too soon'], t);
+    assert.deepEqual(replies, ['421 4.4.2 smarthost.test You talk too soon'], t);
   } else {
-    assert.equal(replies[1], '500 Error: command not recognized', t);
+    assert.equal(replies[1], '500 5.5.2 Error: command not recognized', t);
     assert.equal(replies[3], '530 5.7.0 Authentication required', t);
   }
   assert.doesNotMatch(t, /^354 /m, t);

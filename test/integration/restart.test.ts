@@ -404,7 +404,7 @@ test('SIGTERM while a client holds a transaction open: no delivery starts during
   await replies(1);
   open.write('EHLO app.test\r\nMAIL FROM:<app@origin.test>\r\n');
   await replies(3);
-  assert.match(received, /^250 Accepted/m, received);
+  assert.match(received, /^250 2\.1\.0 Accepted/m, received);
   child.proc.kill('SIGTERM');
   const exit = await exitWithin(child.exited, 10_000, 'daemon after SIGTERM');
   assert.deepEqual(exit, { code: 0, signal: null }, `stderr: ${child.stderr()}`);

@@ -200,7 +200,7 @@ test('during the stop, RSET and a refused message are answered and then 421; QUI
   const stopped = stop();
   assert.equal(await signal.lastLine(), SHUTTING_DOWN);
 
-  assert.equal(await resetting.command('RSET'), '250 Flushed');
+  assert.equal(await resetting.command('RSET'), '250 2.0.0 Flushed');
   assert.equal(await resetting.lastLine(), SHUTTING_DOWN);
   await resetting.closed;
 
@@ -214,7 +214,7 @@ test('during the stop, RSET and a refused message are answered and then 421; QUI
 
   quitting.write('\r\n.\r\nQUIT\r\n');
   assert.ok(queuedAs(await quitting.lastLine()));
-  assert.match(await quitting.lastLine(), /^221 /);
+  assert.match(await quitting.lastLine(), /^221 2\.0\.0 Bye$/);
   await quitting.closed;
   await stopped;
 });
