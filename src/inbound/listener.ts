@@ -20,6 +20,7 @@ import type { Spool } from '../spool/spool.js';
 import type { WindowCounter } from '../state/window-counter.js';
 import { AuthFailureGuard } from './auth-guard.js';
 import { coalesceReplies } from './coalesce-replies.js';
+import { keepSourceRoutes, refuseDeclaredOversize, requireTlsForAuth } from './connection-adapters.js';
 import { enhanceStatusCodes } from './enhanced-status-codes.js';
 import { dataRejectionReason, type InboundMetrics, type RejectionReason } from './metrics.js';
 import { InboundMessageTransform, type ReceivedTrace } from './message-stream.js';
@@ -60,9 +61,6 @@ function headerFromAddresses(block: Buffer | undefined): string[] {
 
 type Callback = (err?: Error | null) => void;
 type Connection = SMTPServer['connections'] extends Set<infer C> ? C : never;
-
-/** The path of a MAIL FROM or RCPT TO command when it starts with a source route: "<@a,@b:user@domain>". */
-const SOURCE_ROUTED_PATH = /^[^:]*:\s*<(@[^<>\s]*)>/;
 
 /** The MAIL FROM parameters of the extensions EHLO lists: SIZE, BODY (8BITMIME) and SMTPUTF8; smtp-server checks their values. */
 const MAIL_PARAMETERS = ['SIZE', 'BODY', 'SMTPUTF8'];
@@ -245,69 +243,6 @@ export class Listener {
     return undefined;
   }
 
-  /**
-   * Without allowInsecureAuth a password may only cross inside TLS. smtp-server takes AUTH in clear where the
-   * listener has no STARTTLS, and where it has, lists AUTH in EHLO before it and answers AUTH with 538 and
-   * RFC 3207's text. Before TLS, EHLO here leaves AUTH out and AUTH is answered as RFC 3207 and RFC 4954 say:
-   * 530 5.7.0 where STARTTLS is offered, 538 5.7.11 where the listener has no TLS. (Disabling the command for
-   * the session, as before, answered 500 "command not recognized", and smtp-server ends a session after ten.)
-   */
-  #requireTlsForAuth(connection: Connection): void {
-    if (this.config.allowInsecureAuth) return;
-    const ehlo = connection.handler_EHLO.bind(connection);
-    connection.handler_EHLO = (command, callback) => {
-      if (connection.secure) return ehlo(command, callback);
-      // EHLO lists AUTH unless the session disables it; disabled only while EHLO answers, so AUTH still reaches its handler.
-      connection.session.disabledCommands = [...this.#serverDisabledCommands(), 'AUTH'];
-      ehlo(command, () => {
-        delete connection.session.disabledCommands;
-        callback();
-      });
-    };
-    const auth = connection.handler_AUTH.bind(connection);
-    connection.handler_AUTH = (command, callback) => {
-      if (connection.secure) return auth(command, callback);
-      const refusal = this.config.tls
-        ? new SmtpError(530, '5.7.0', 'Must issue a STARTTLS command first')
-        : new SmtpError(538, '5.7.11', 'Encryption required for requested authentication mechanism');
-      this.#rejected('auth_without_tls', refusal.code);
-      const reply = refusal.forSmtpServer();
-      connection.send(reply.responseCode, reply.message);
-      callback();
-    };
-  }
-
-  /**
-   * smtp-server strips a source route (<@relay:user@domain>) before onMailFrom/onRcptTo see the address, so
-   * the address policy could never refuse one as documented. Put the route back for this connection's
-   * handlers. Relies on smtp-server's (typed) _parseAddressCommand; the bad-input integration test guards it.
-   */
-  #keepSourceRoutes(connection: Connection): void {
-    const parse = connection._parseAddressCommand.bind(connection);
-    connection._parseAddressCommand = (name, command) => {
-      const parsed = parse(name, command);
-      const route = SOURCE_ROUTED_PATH.exec(command.toString('latin1'));
-      if (parsed && route) parsed.address = route[1]!;
-      return parsed;
-    };
-  }
-
-  /**
-   * smtp-server refuses a declared SIZE over maxMessageSize itself, before onMailFrom, with a 552 that had no
-   * 5.3.4 and was not counted, though that is where most oversized messages end (clients that declare SIZE,
-   * Postfix among them, never send them). Its verdict stands; only the reply is this listener's.
-   */
-  #refuseDeclaredOversize(connection: Connection): void {
-    const validate = connection._validateMailParams.bind(connection);
-    connection._validateMailParams = (parsed) => {
-      const refused = validate(parsed);
-      if (refused?.code !== 552) return refused;
-      this.#rejected('message_size', 552);
-      const reply = new SmtpError(552, '5.3.4', 'Message size exceeds fixed maximum message size').forSmtpServer();
-      return { code: reply.responseCode, message: reply.message, enhancedCode: null };
-    };
-  }
-
   #onConnect(session: SMTPServerSession): Error | null {
     const connection = this.#connectionOf(session);
     // Never without it: AUTH would then be taken in clear.
@@ -317,10 +252,11 @@ export class Listener {
       this.#rejected('max_clients', 421);
       return new SmtpError(421, '4.3.2', 'Too many connected clients, try again in a moment').forSmtpServer();
     }
+    const rejected = (reason: RejectionReason, code: number) => this.#rejected(reason, code);
     enhanceStatusCodes(connection);
-    this.#keepSourceRoutes(connection);
-    this.#requireTlsForAuth(connection);
-    this.#refuseDeclaredOversize(connection);
+    keepSourceRoutes(connection);
+    if (!this.config.allowInsecureAuth) requireTlsForAuth(connection, { offersStartTls: Boolean(this.config.tls), rejected });
+    refuseDeclaredOversize(connection, rejected);
     this.#drain.watch(connection);
     this.deps.metrics?.connections.inc({ listener: this.config.name });
     const ip = normalizeIp(session.remoteAddress);
