@@ -91,7 +91,7 @@ export class LimitStore extends LocalSendLimits {
     this.#writing = this.#writing.catch(() => {}).then(async () => {
       const version = this.limiter.version;
       if (version === this.#savedVersion) return;
-      this.#db.data = { savedAt: new Date(this.now()).toISOString(), limits: Object.fromEntries(this.limits), snapshot: this.limiter.snapshot() };
+      this.#db.data = { savedAt: new Date(this.now()).toISOString(), limits: Object.fromEntries(this.limits), snapshot: this.limiter.snapshot(this.now()) };
       await this.#db.write();
       this.#savedVersion = version;
     });

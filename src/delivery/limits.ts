@@ -177,6 +177,7 @@ export class SendLimiter {
       const config = this.configFor(key);
       if (!config) continue;
       const events = this.#events(key, now);
+      if (events.length === 0) continue;
       for (const rule of limitRules(config)) {
         const counted = this.#counted(config.mode, rule, events, now);
         const used = counted.reduce((sum, e) => sum + (rule.unit === 'messages' ? e[1] : e[2]), 0);
@@ -187,8 +188,14 @@ export class SendLimiter {
     return out;
   }
 
-  snapshot(): LimiterSnapshot {
-    return { version: 1, usage: Object.fromEntries([...this.#usage].map(([k, u]) => [k, u.events.map((e) => [...e] as [number, number, number])])) };
+  /** The counters to save; sends that can no longer count at `now` are left out, and so is a key with none left. */
+  snapshot(now: number): LimiterSnapshot {
+    const usage: LimiterSnapshot['usage'] = {};
+    for (const key of [...this.#usage.keys()]) {
+      const events = this.#events(key, now);
+      if (events.length > 0) usage[key] = events.map((e) => [...e] as [number, number, number]);
+    }
+    return { version: 1, usage };
   }
 
   /** Takes over counters saved by snapshot(); keys of upstreams no longer limited are dropped. */
@@ -206,14 +213,22 @@ export class SendLimiter {
     return this.#limits.get(slash === -1 ? key : key.slice(0, slash));
   }
 
-  /** The key's events, without those older than the longest window (they can no longer count). */
+  /**
+   * The key's events, without those older than its longest window (they can no longer count; Redis drops them
+   * at the same horizon). A key with none left is forgotten: a relay that sends as thousands of senders over
+   * time keeps counters only for those that sent within a window.
+   */
   #events(key: string, now: number): [number, number, number][] {
     const usage = this.#usage.get(key);
-    if (!usage) return [];
-    const horizon = now - LIMIT_WINDOWS.week;
+    const config = this.configFor(key);
+    if (!usage || !config) return [];
+    const horizon = now - longestWindow(limitRules(config));
     const firstKept = usage.events.findIndex((e) => e[0] > horizon);
-    if (firstKept === -1) usage.events = [];
-    else if (firstKept > 0) usage.events = usage.events.slice(firstKept);
+    if (firstKept === -1) {
+      this.#usage.delete(key);
+      return [];
+    }
+    if (firstKept > 0) usage.events = usage.events.slice(firstKept);
     return usage.events;
   }
 

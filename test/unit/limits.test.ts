@@ -91,15 +91,36 @@ test('uses, reset and snapshot/restore: counters survive a new limiter, a reset 
     ],
   );
   const again = limiter({ messagesPerMinute: 30, recipientsPerDay: 10_000, perMailbox: true });
-  again.restore(JSON.parse(JSON.stringify(l.snapshot())));
+  again.restore(JSON.parse(JSON.stringify(l.snapshot(T0 + 1))));
   assert.deepEqual(again.uses(T0 + 1), uses);
   assert.equal(again.reset('m365'), 1);
   assert.deepEqual(again.uses(T0 + 1), []);
-  assert.deepEqual(
-    l.uses(T0 + DAY).map((u) => u.used),
-    [0, 0],
-    'a day later neither the minute nor the day window counts the send',
+  assert.deepEqual(l.uses(T0 + 11 * 60 * MINUTE).map((u) => u.used), [0, 3], 'later that day only the day window still counts it');
+  assert.deepEqual(l.uses(T0 + DAY), [], 'a day later the send counts in no window, and the key is forgotten');
+});
+
+test('saved counters keep only sends that can still count, each key to its longest window, and drop keys with none', () => {
+  const l = new SendLimiter(
+    new Map<string, LimitsConfig>([
+      ['hourly', { perMailbox: true, mode: 'sliding', messagesPerHour: 100 }],
+      ['weekly', { perMailbox: false, mode: 'fixed', recipientsPerWeek: 1000 }],
+    ]),
   );
+  const old = l.key('hourly', 'gone@x')!;
+  const recent = l.key('hourly', 'busy@x')!;
+  const weekly = l.key('weekly', 'any@x')!;
+  l.record(old, 1, T0);
+  l.record(recent, 1, T0);
+  l.record(recent, 2, T0 + 50 * MINUTE);
+  l.record(weekly, 5, T0);
+  const now = T0 + 61 * MINUTE;
+  assert.deepEqual(l.snapshot(now).usage, {
+    'hourly/busy@x': [[T0 + 50 * MINUTE, 1, 2]],
+    weekly: [[T0, 1, 5]],
+  });
+  // The hour-only key kept nothing a week's horizon would have kept: the stale sender is gone, not just empty.
+  assert.deepEqual(l.uses(now).map((u) => u.key), ['hourly/busy@x', 'weekly']);
+  assert.deepEqual(l.snapshot(T0 + 8 * DAY).usage, {}, 'a week later nothing counts anywhere');
 });
 
 test('limitRules lists only the limits that are set', () => {
