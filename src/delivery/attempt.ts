@@ -113,8 +113,9 @@ export class DeliveryAttempts {
         continue;
       }
       this.health.attempt(name);
-      const { outcomes, started } = await this.#send(record, decision, name, prepared, remaining);
-      const moving = last ? [] : outcomes.filter((o) => !o.delivered && o.error.temporary).map((o) => o.recipient);
+      const { outcomes, started, local } = await this.#send(record, decision, name, prepared, remaining);
+      // A message smarthost cannot read fails the same way at every fallback.
+      const moving = last || local ? [] : outcomes.filter((o) => !o.delivered && o.error.temporary).map((o) => o.recipient);
       if (moving.length > 0) {
         const reply = outcomes.find((o) => !o.delivered && moving.includes(o.recipient));
         this.#o.log.info(
@@ -134,8 +135,18 @@ export class DeliveryAttempts {
     return states;
   }
 
-  /** One delivery to one upstream, within its concurrency limit; a thrown error becomes every recipient's outcome. */
-  async #send(record: MessageRecord, decision: RouteDecision, name: string, prepared: PreparedDelivery, recipients: readonly string[]): Promise<{ outcomes: RecipientOutcome[]; started: number }> {
+  /**
+   * One delivery to one upstream, within its concurrency limit; a thrown error becomes every recipient's outcome.
+   * `local`: it failed on smarthost's side (the message could not be read or rewritten), whatever the upstream
+   * made of that; such a failure is every undelivered recipient's outcome, and the upstream is not judged by it.
+   */
+  async #send(
+    record: MessageRecord,
+    decision: RouteDecision,
+    name: string,
+    prepared: PreparedDelivery,
+    recipients: readonly string[],
+  ): Promise<{ outcomes: RecipientOutcome[]; started: number; local: boolean }> {
     this.#o.log.info(
       { event: 'routed', queueId: record.id, via: decision.via, upstream: name, recipients, sender: prepared.request.sender, ...(decision.testMode ? { testModeTo: decision.testMode.to } : {}) },
       'recipients routed',
@@ -156,8 +167,18 @@ export class DeliveryAttempts {
     } finally {
       release();
     }
-    this.#judgeUpstream(name, outcomes, this.#o.clock.now());
-    return { outcomes, started };
+    const local = prepared.localFailure();
+    const failed = outcomes.filter((o) => !o.delivered).map((o) => o.recipient);
+    if (!local || failed.length === 0) {
+      this.#judgeUpstream(name, outcomes, this.#o.clock.now());
+      return { outcomes, started, local: false };
+    }
+    this.health.unjudged(name);
+    this.#o.log.error(
+      { event: 'delivery.local_failure', queueId: record.id, upstream: name, recipients: failed, reply: local.reply },
+      `delivery stopped by smarthost itself, not by ${name}: ${local.message}`,
+    );
+    return { outcomes: outcomes.map((o) => (o.delivered ? o : { ...o, error: local })), started, local: true };
   }
 
   async #applyOutcomes(record: MessageRecord, decision: RouteDecision, name: string, outcomes: readonly RecipientOutcome[], started: number): Promise<RecipientState[]> {

@@ -100,6 +100,15 @@ export class UpstreamHealth {
     }
   }
 
+  /**
+   * A delivery ended in smarthost's own failure (the message could not be read): nothing learnt about the
+   * upstream. If the delivery was its probe, the probe is given up, so the next delivery probes instead.
+   */
+  unjudged(name: string): void {
+    const s = this.#states.get(name);
+    if (s && !s.up) delete s.probing;
+  }
+
   answered(name: string): void {
     const s = this.#state(name);
     const wasDown = !s.up;

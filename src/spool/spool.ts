@@ -10,6 +10,7 @@ import { COMPLETE_MODE, encodeTrailer, readMessageFile, WRITING_MODE } from './m
 import { QUEUE_ID } from './queue-id.js';
 import { BufferReclaimer, reclaimingReads } from './reclaim.js';
 import { parseRecord, serializeRecord, type MessageRecord } from './record.js';
+import { failingAsUnreadable } from './unreadable.js';
 
 /** What {@link Spool.scan} found in queue/. */
 export interface QueueListing {
@@ -103,17 +104,20 @@ export class Spool {
     return join(this.queueDir, `${id}.json`);
   }
 
-  /** The message as accepted; `start` to `end` (inclusive) within it, read `chunkSize` bytes at a time (default 64 KiB). */
+  /**
+   * The message as accepted; `start` to `end` (inclusive) within it, read `chunkSize` bytes at a time (default
+   * 64 KiB). A file that cannot be read, or ends early, fails the stream with MessageUnreadable.
+   */
   openBody(record: Pick<MessageRecord, 'id' | 'size'>, options: { start?: number; end?: number; chunkSize?: number } = {}): Readable {
     const end = Math.min(options.end ?? Infinity, record.size - 1);
     const start = options.start ?? 0;
     if (end < start) return Readable.from([]);
     const highWaterMark = options.chunkSize ?? DEFAULT_READ_CHUNK;
     const open = this.#open.get(record.id);
-    if (!open) return createReadStream(this.messagePath(record.id), { start, end, highWaterMark, fs: reclaimingReads() });
+    if (!open) return createReadStream(this.messagePath(record.id), { start, end, highWaterMark, fs: failingAsUnreadable(reclaimingReads()) });
     // Reads at explicit positions (pread), so streams on one descriptor never disturb each other. A stream
     // closes its descriptor when destroyed, even with autoClose off; here it must not: release() does.
-    const stream = createReadStream('', { fd: open.fd, start, end, highWaterMark, autoClose: false, fs: { ...reclaimingReads(), close: keepOpen } });
+    const stream = createReadStream('', { fd: open.fd, start, end, highWaterMark, autoClose: false, fs: failingAsUnreadable({ ...reclaimingReads(), close: keepOpen }) });
     open.streams.add(stream);
     return stream;
   }

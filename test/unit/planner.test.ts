@@ -8,6 +8,7 @@ import { createPlanner } from '../../src/delivery/planner.js';
 import { SmtpError } from '../../src/smtp-error.js';
 import { createRecord, type MessageRecord } from '../../src/spool/record.js';
 import type { Spool } from '../../src/spool/spool.js';
+import { MessageUnreadable } from '../../src/spool/unreadable.js';
 
 const STORED = 'Received: from x by smarthost.test\r\nFrom: "Scanner" <scanner@printer.local>\r\nSubject: s\r\n\r\nFrom: body line\r\n';
 
@@ -105,4 +106,53 @@ test('bounces (null sender) are never rewritten; in test mode they still list th
   assert.deepEqual(tested.request.recipients, ['test@contoso.com']);
   assert.equal(tested.request.sender, '');
   assert.equal(await text(tested.request.openMessage()), `X-Smarthost-Original-Recipients: scanner@printer.local\r\n${STORED}`);
+});
+
+/** A spool whose body stream fails like an unreadable file, after the first `good` bytes of `body`. */
+function failingSpool(good: string): Spool {
+  return {
+    openBody: () =>
+      Readable.from(
+        (async function* () {
+          yield Buffer.from(good);
+          throw new MessageUnreadable('EIO: i/o error, read');
+        })(),
+      ),
+  } as unknown as Spool;
+}
+
+/** Reads the stream as a reader that rewrites the error's code would (nodemailer sets ESTREAM); answers the error. */
+async function readLikeNodemailer(stream: Readable): Promise<Error> {
+  const failed = new Promise<Error>((resolve) => stream.on('error', (err: Error & { code?: unknown }) => ((err.code = 'ESTREAM'), resolve(err))));
+  stream.resume();
+  return failed;
+}
+
+test('a body the spool cannot read is the delivery\'s local failure, 451 4.3.0, with or without the header rewrite in between', async () => {
+  for (const rewrite of [[], [{ match: '@printer.local', to: 'scans@contoso.com' }]]) {
+    const p = createPlanner(config({ rewrite }), failingSpool(STORED)).prepare(record(), { via: 'default', upstream: 'a' }, ['r1@contoso.com']);
+    assert.equal(p.localFailure(), undefined, 'nothing before a read');
+    await readLikeNodemailer(p.request.openMessage());
+    assert.equal(p.localFailure()?.reply, '451 4.3.0 queued message could not be read: EIO: i/o error, read', `rules: ${rewrite.length}`);
+  }
+});
+
+test('the header rewrite\'s own refusal is kept as it was made, though the reader rewrites the error it is handed', async () => {
+  const huge = `Subject: ${'x'.repeat(1100 * 1024)}\r\n`;
+  const p = createPlanner(config({ rewrite: [{ match: '@printer.local', to: 'scans@contoso.com' }] }), fakeSpool(huge)).prepare(record(), { via: 'default', upstream: 'a' }, ['r1@contoso.com']);
+  const seen = await readLikeNodemailer(p.request.openMessage());
+  assert.equal((seen as { code?: unknown }).code, 'ESTREAM');
+  assert.equal(p.localFailure()?.reply, '554 5.6.0 message header block too large to rewrite');
+});
+
+test('a reader that gives up on the stream with an error of its own leaves no local failure', async () => {
+  for (const rewrite of [[], [{ match: '@printer.local', to: 'scans@contoso.com' }]]) {
+    const p = createPlanner(config({ rewrite }), fakeSpool()).prepare(record(), { via: 'default', upstream: 'a' }, ['r1@contoso.com']);
+    const stream = p.request.openMessage();
+    const closed = new Promise((resolve) => stream.once('close', resolve));
+    stream.on('error', () => {});
+    stream.destroy(Object.assign(new Error('read ECONNRESET'), { code: 'ECONNRESET' }));
+    await closed;
+    assert.equal(p.localFailure(), undefined, `rules: ${rewrite.length}`);
+  }
 });

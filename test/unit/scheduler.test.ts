@@ -1,6 +1,6 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, rm, truncate } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable, Writable } from 'node:stream';
@@ -874,6 +874,27 @@ test('failover: a failed probe keeps the upstream down for another backoff; mean
   await h.queue(['q@example.net']);
   assert.equal(h.upstream.calls.length, 4, 'skipped again after the failed probe');
   assert.deepEqual(h.backup.calls.map((c) => c.recipients[0]).slice(-2), ['p@example.net', 'q@example.net']);
+});
+
+test('failover: a probe whose message cannot be read judges nothing: deferred 4.3.0, not sent to the fallback, and the next delivery probes', async (t) => {
+  const h = await harness(t, { fallback: true });
+  for (const r of ['a', 'b', 'c']) h.upstream.script(`${r}@example.net`, refused());
+  for (const r of ['a', 'b', 'c']) await h.queue([`${r}@example.net`]);
+  await h.advance(60 * SECOND);
+  const now = h.clock.now();
+  const cut = createRecord({ id: newQueueId(now), sender: SENDER, recipients: ['p@example.net'], receivedAt: now, size: BODY.length, client: { address: '192.0.2.10', listener: 'relay', tls: false } });
+  await h.spool.store(Readable.from([Buffer.from(BODY)]), cut);
+  await truncate(h.spool.messagePath(cut.id), 10);
+  h.scheduler.add(cut);
+  await h.settle();
+  const [deferred] = h.events('delivery').filter((e) => e.queueId === cut.id);
+  assert.deepEqual([deferred!.upstream, deferred!.result, deferred!.reply], ['fake', 'deferred', '451 4.3.0 queued message could not be read: the message file ended at byte 10, before the size its envelope gives']);
+  assert.equal(h.backup.calls.filter((c) => c.queueId === cut.id).length, 0, 'no failover: the fallback could not read it either');
+  assert.equal(h.scheduler.health.states().find((s) => s.name === 'fake')!.up, false, 'still down: nothing was learnt');
+
+  await h.queue(['q@example.net']);
+  assert.deepEqual(h.upstream.calls.at(-1)!.recipients, ['q@example.net'], 'the next delivery is the probe');
+  assert.equal(h.scheduler.health.states().find((s) => s.name === 'fake')!.up, true);
 });
 
 test('failover: an upstream over its send limit hands the next messages to the fallback', async (t) => {
