@@ -74,8 +74,12 @@ export class SessionDrain {
     return Promise.race([closed, late]).finally(() => clearTimeout(timer));
   }
 
-  /** smtp-server closes the connection after any 421 (and drops it from server.connections). */
+  /**
+   * smtp-server closes the connection after any 421 (and drops it from server.connections). The text carries its
+   * own enhanced status code, so none from smtp-server's table (context false): a session not yet greeted has no
+   * enhanceStatusCodes to keep it from writing "421 4.4.2 4.3.2".
+   */
   #shutDown(connection: Connection): void {
-    if (this.server.connections.has(connection)) connection.send(SHUTTING_DOWN.responseCode, SHUTTING_DOWN.message);
+    if (this.server.connections.has(connection)) connection.send(SHUTTING_DOWN.responseCode, SHUTTING_DOWN.message, false);
   }
 }

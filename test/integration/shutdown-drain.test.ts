@@ -219,6 +219,26 @@ test('during the stop, RSET and a refused message are answered and then 421; QUI
   await stopped;
 });
 
+test('a client connected but not yet greeted when the stop begins gets the same 421 4.3.2, with no second enhanced status code', TEST_TIMEOUT, async (t) => {
+  const { relay, stop } = await setup(t);
+  const listener = relay.daemon.listeners.find((l) => l.config.name === 'relay')!;
+  const accepted = new Promise<void>((resolve) => listener.server.server.once('connection', () => resolve()));
+  const early = net.connect(relay.port('relay'), '127.0.0.1');
+  t.after(() => early.destroy());
+  early.on('error', () => {});
+  let received = '';
+  early.on('data', (chunk: Buffer) => (received += chunk.toString('latin1')));
+  const closed = new Promise<void>((resolve) => early.once('close', () => resolve()));
+  await accepted;
+  // smtp-server makes the session one setImmediate after taking the socket, and greets it 100 ms later.
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(listener.server.connections.size, 1);
+
+  await stop();
+  await closed;
+  assert.equal(received, `${SHUTTING_DOWN}\r\n`);
+});
+
 test('a connection still owing its PROXY header does not hold the stop', TEST_TIMEOUT, async (t) => {
   const listeners = [{ name: 'relay', role: 'relay', host: '127.0.0.1', port: await freePort(), networks: ['192.0.2.0/24'], proxyProtocol: { from: ['127.0.0.1'] } }];
   const { relay, stop } = await setup(t, listeners);
