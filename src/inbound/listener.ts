@@ -94,6 +94,7 @@ export class Listener {
     this.#rates = new InboundRateLimiter(config.name, config.rateLimits, deps.rateCounter, deps.log, deps.now);
     this.server = new SMTPServer(this.#options());
     this.#drain = new SessionDrain(this.server);
+    this.#capPendingSockets();
     this.server.server.on('connection', coalesceReplies);
     this.server.on('error', (err) => {
       // Before listening, the error is a failed bind, which listen() reports itself.
@@ -230,6 +231,25 @@ export class Listener {
     return () => {
       Object.assign(this.server.options, options);
       this.server.secureContext = new Map([['*', context]]);
+    };
+  }
+
+  /**
+   * maxClients also bounds the sockets still owing their PROXY header or implicit TLS handshake, as smtp-server's
+   * option does (it drops them: nothing can be answered before either). The option is set only while smtp-server
+   * takes a socket: set for good, smtp-server would refuse a session over the limit itself, before onConnect,
+   * with no enhanced status code and uncounted. Wraps the (typed) _acceptSocket; the proxy-protocol integration
+   * test fails if that changes.
+   */
+  #capPendingSockets(): void {
+    const accept = this.server._acceptSocket.bind(this.server);
+    this.server._acceptSocket = (socket, handshake) => {
+      this.server.options.maxClients = this.config.maxClients;
+      try {
+        return accept(socket, handshake);
+      } finally {
+        delete this.server.options.maxClients;
+      }
     };
   }
 

@@ -6,6 +6,7 @@
  * gets an unknown command and no relay rights.
  */
 import assert from 'node:assert/strict';
+import net from 'node:net';
 import { after, before, test } from 'node:test';
 import { startInProcess, tempDir, testConfig, type InProcessDaemon } from '../helpers/daemon.js';
 import { freePort, smtpDialog, smtpReplies, smtpReplyCodes } from '../helpers/net.js';
@@ -28,6 +29,8 @@ before(async () => {
       proxyProtocol: { from: ['127.0.0.1'] },
       rateLimits: { perClient: { messagesPerMinute: 1 } },
     },
+    // socketTimeout (5 minutes by default) far beyond the test's timeout: a socket let through waits that long.
+    { name: 'crowded', role: 'relay', host: '127.0.0.1', port: await freePort(), networks: ['192.0.2.0/24'], proxyProtocol: { from: ['127.0.0.1'] }, maxClients: 1 },
   ];
   relay = await startInProcess(
     await testConfig({ dir: dir.path, listeners, upstreams: { sink: { type: 'smtp', host: '127.0.0.1', port: sink.port, security: 'none' } } }),
@@ -103,4 +106,25 @@ test('a peer that is not the balancer writing the header before the greeting get
     assert.equal(replies[3], '530 5.7.0 Authentication required', t);
   }
   assert.doesNotMatch(t, /^354 /m, t);
+});
+
+test('maxClients also bounds connections still owing their PROXY header: one more is dropped at once, the waiting one is still served', { timeout: 20_000 }, async (t) => {
+  const server = relay.daemon.listeners.find((l) => l.config.name === 'crowded')!.server.server;
+  const connect = async () => {
+    // Emitted after smtp-server's own handler has taken the socket (to wait for the header).
+    const accepted = new Promise<void>((resolve) => server.once('connection', () => resolve()));
+    const socket = net.connect(relay.port('crowded'), '127.0.0.1');
+    t.after(() => socket.destroy());
+    socket.on('error', () => {});
+    const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+    await accepted;
+    return { socket, closed };
+  };
+  const waiting = await connect();
+  const extra = await connect();
+  await extra.closed;
+  assert.equal(waiting.socket.readyState, 'open');
+  const greeting = new Promise<string>((resolve) => waiting.socket.once('data', (chunk: Buffer) => resolve(chunk.toString('latin1'))));
+  waiting.socket.write(proxyLine('192.0.2.10'));
+  assert.match(await greeting, /^220 /);
 });
