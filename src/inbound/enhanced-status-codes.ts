@@ -35,6 +35,8 @@ export function enhanceStatusCodes(connection: Connection): void {
     if (typeof data !== 'string' || context === false) return send(code, data, context);
     if (LEADING_ENHANCED_CODE.test(data)) return send(code, data, false);
     const corrected = CORRECTED.get(data);
-    return corrected ? send(code, `${corrected} ${data}`, false) : send(code, data, context);
+    if (corrected) return send(code, `${corrected} ${data}`, false);
+    // smtp-server exempts the replies to LHLO as to EHLO; here LHLO is no command, and its 500 is an unknown command's.
+    return send(code, data, context === 'LHLO' ? undefined : context);
   };
 }

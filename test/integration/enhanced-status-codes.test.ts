@@ -104,6 +104,7 @@ test('EHLO advertises ENHANCEDSTATUSCODES, and a whole session gets one code per
     'VRFY',
     'HELP',
     'FROBNICATE',
+    'LHLO client.test',
     'QUIT',
   ]);
   const replies = smtpReplies(t);
@@ -135,6 +136,8 @@ test('EHLO advertises ENHANCEDSTATUSCODES, and a whole session gets one code per
     '252 2.0.0 Try to send something. No promises though',
     '501 5.5.4 Error: Syntax: VRFY address',
     '214 2.0.0 See https://tools.ietf.org/html/rfc5321 for details',
+    '500 5.5.2 Error: command not recognized',
+    // LMTP's greeting, unknown to an SMTP listener: smtp-server would exempt its reply as it does EHLO's.
     '500 5.5.2 Error: command not recognized',
     '221 2.0.0 Bye',
   ], t);
