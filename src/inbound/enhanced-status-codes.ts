@@ -27,7 +27,8 @@ const CORRECTED = new Map([
  * gets no other, one in CORRECTED gets that code, any other the one smtp-server's table gives. Wraps the
  * connection's send(), its one way to write a reply (typed, and whose context false means "no code"); the
  * enhanced-status-codes integration test fails if that changes. Installed from onConnect: a client that talks
- * within smtp-server's first 100 ms, before it, gets the table's "421 4.4.2 ... You talk too soon".
+ * within smtp-server's first 100 ms, before it, gets the table's "421 4.4.2 ... You talk too soon", or no code at all
+ * when that command was EHLO or HELO.
  */
 export function enhanceStatusCodes(connection: Connection): void {
   const send = connection.send.bind(connection);
