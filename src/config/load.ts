@@ -56,9 +56,10 @@ function formatIssue(issue: z.core.$ZodIssue): string[] {
   }
   if (issue.code === 'invalid_union' && issue.message === 'Invalid input' && 'errors' in issue && issue.errors.length > 0) {
     // zod's bare "Invalid input" says nothing; the one alternative of the value's own type (an object for an object) does.
-    const ofItsType = issue.errors.filter((branch) => !branch.some((i) => i.code === 'invalid_type' && i.path.length === 0));
+    const input = 'input' in issue ? issue.input : undefined;
+    const ofItsType = issue.errors.filter((branch) => !branch.some((i) => otherTypeWanted(i, input) !== undefined));
     if (ofItsType.length === 1) return ofItsType[0]!.flatMap((i) => formatIssue({ ...i, path: [...issue.path, ...i.path] } as z.core.$ZodIssue));
-    const expected = [...new Set(issue.errors.flatMap((branch) => branch.flatMap((i) => (i.code === 'invalid_type' && i.path.length === 0 ? [i.expected] : []))))];
+    const expected = [...new Set(issue.errors.flatMap((branch) => branch.flatMap((i) => otherTypeWanted(i, input) ?? [])))];
     if (ofItsType.length === 0 && expected.length > 0) return [`${path || '(top level)'}: expected ${expected.join(' or ')}${shownInput(issue)}`];
   }
   const message = issue.message.replace(/^Invalid (input|option): /, '');
@@ -68,6 +69,18 @@ function formatIssue(issue: z.core.$ZodIssue): string[] {
   // A record key's own schema (e.g. an upstream name) says what is wrong better than "Invalid key in record".
   const detail = issue.code === 'invalid_key' && issue.issues[0] ? `invalid name: ${issue.issues[0].message}` : message;
   return [`${path || '(top level)'}: ${detail}${shownInput(issue)}`];
+}
+
+/**
+ * What a union alternative wants instead when it refuses the value for its type: another type ("object"), or
+ * values of another type (`false` for a string, as limits' `false` does): undefined when the value is of its type.
+ */
+function otherTypeWanted(issue: z.core.$ZodIssue, input: unknown): string | undefined {
+  if (issue.path.length > 0) return undefined;
+  if (issue.code === 'invalid_type') return issue.expected;
+  if (issue.code !== 'invalid_value' || issue.values.some((v) => typeof v === typeof input)) return undefined;
+  const shown = issue.values.map((v) => (typeof v === 'string' ? JSON.stringify(v) : String(v)));
+  return shown.length === 1 ? shown[0] : `one of ${shown.join('|')}`;
 }
 
 function shownInput(issue: z.core.$ZodIssue): string {

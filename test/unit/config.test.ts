@@ -258,6 +258,18 @@ test('a central sender is an address, or { address, name, replyTo } (the seeds\'
   assert.deepEqual(problems(users('42')), ['users[0].sender: expected string or object, got 42']);
 });
 
+test('inside a union with a literal (limits: false), a problem names the alternatives and the key path the value needs', () => {
+  const limits = (value: string) => yaml({ upstreams: `  outbox: { type: outbox, dir: /var/outbox, limits: ${value} }` });
+  // A string is neither false nor an object: both are named, not false alone.
+  assert.deepEqual(problems(limits('"30/min"')), ['upstreams.outbox.limits: expected false or object, got "30/min"']);
+  // An object is the object alternative's to judge, down to its key; false is no object.
+  assert.deepEqual(problems(limits('{ messagesPerMinute: many }')), ['upstreams.outbox.limits.messagesPerMinute: expected an integer 1-100000000, got "many"']);
+  assert.deepEqual(problems(limits('true')), ['upstreams.outbox.limits: expected false, got true']);
+  const displayName = (value: string) => yaml({ extra: `rewrite: [{ match: "*@printer.local", to: scans@contoso.com, displayName: ${value} }]` });
+  assert.deepEqual(problems(displayName('{ set: 5 }')), ['rewrite[0].displayName.set: expected string, received number, got 5']);
+  assert.deepEqual(problems(displayName('[]')), ['rewrite[0].displayName: expected one of "keep"|"derive" or object']);
+});
+
 test('a plaintext user password is refused and points at hash-password', () => {
   assertProblem(yaml({ extra: 'users: [{ name: scanner, password: hunter2 }]' }), /^users\[0\]\.password: plaintext passwords are refused.*hash-password/);
 });
