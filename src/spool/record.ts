@@ -51,9 +51,10 @@ const messageRecord = z.strictObject({
    */
   utf8Headers: z.boolean().optional(),
   /**
-   * The tag header's value (tags.header) as the client sent it, trimmed and cut short (tagValue): delivery counts
-   * outcomes per tag without reading the message again, and makes the label with the allow-list in force when it
-   * counts. Absent: no such header, tags not configured, or a record from before this was kept (counted as "none").
+   * The tag header's value (tags.header) as the client sent it, trimmed, runs of white space made one and cut
+   * short (tagValue): delivery counts outcomes per tag without reading the message again, and makes the label with
+   * the allow-list in force when it counts. Absent: no such header, tags not configured, or a record from before
+   * this was kept (counted as "none").
    */
   tag: z.string().optional(),
 });

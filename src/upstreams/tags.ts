@@ -50,8 +50,12 @@ export function tagLabel(config: Pick<TagsConfig, 'allowed'> | undefined, header
  */
 const TAG_VALUE_MAX_LENGTH = 128;
 
-/** What a message's record keeps of its tag header (MessageRecord.tag): trimmed and cut; undefined when empty. */
+/**
+ * What a message's record keeps of its tag header (MessageRecord.tag): trimmed, each run of white space one space,
+ * and cut; undefined when empty. Without the runs made one, a cut could end in padding that tagLabel trims away:
+ * "invoice", 200 spaces and more text would have become "invoice".
+ */
 export function tagValue(headerValue: string | undefined): string | undefined {
-  const value = headerValue?.trim() ?? '';
+  const value = headerValue?.trim().replace(/\s+/g, ' ') ?? '';
   return value === '' ? undefined : value.slice(0, TAG_VALUE_MAX_LENGTH);
 }

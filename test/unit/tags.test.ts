@@ -34,6 +34,9 @@ test('what a queued message keeps of its tag is trimmed and cut short, and still
   const text = `${'a'.repeat(64)}${'b'.repeat(10_000)}`;
   assert.ok(tagValue(text)!.length < 200, 'free text does not bloat the envelope');
   assert.equal(tagLabel(longest, tagValue(text)), TAG_OTHER, 'an allowed value followed by more text is not that value');
+  const padded = `invoice${' '.repeat(200)}customer 4711`;
+  assert.equal(tagLabel(config, padded), TAG_OTHER);
+  assert.equal(tagLabel(config, tagValue(padded)), TAG_OTHER, 'nor is one followed by white space the cut ends in');
   assert.equal(tagLabel(longest, tagValue('A'.repeat(64))), 'a'.repeat(64));
 });
 
