@@ -8,7 +8,8 @@ import type { SMTPServer } from 'smtp-server';
 import { SmtpError } from '../smtp-error.js';
 import type { RejectionReason } from './metrics.js';
 
-type Connection = SMTPServer['connections'] extends Set<infer C> ? C : never;
+/** smtp-server's connection behind one SMTP session (its class is not exported by name). */
+export type Connection = SMTPServer['connections'] extends Set<infer C> ? C : never;
 /** Counts a refusal in smarthost_smtp_rejections_total. */
 type Rejected = (reason: RejectionReason, code: number) => void;
 

@@ -5,9 +5,7 @@
  * (hideENHANCEDSTATUSCODES: false), but also in front of a text that already starts with one: every SmtpError
  * reply would read "553 5.1.3 5.7.1 ..." and "250 2.0.0 Ok: queued as" would get a 2.6.0 too.
  */
-import type { SMTPServer } from 'smtp-server';
-
-type Connection = SMTPServer['connections'] extends Set<infer C> ? C : never;
+import type { Connection } from './connection-adapters.js';
 
 /** What SmtpError.forSmtpServer() puts at the start of the text. */
 const LEADING_ENHANCED_CODE = /^[245]\.\d{1,3}\.\d{1,3} /;

@@ -20,7 +20,7 @@ import type { Spool } from '../spool/spool.js';
 import type { WindowCounter } from '../state/window-counter.js';
 import { AuthFailureGuard } from './auth-guard.js';
 import { coalesceReplies } from './coalesce-replies.js';
-import { keepSourceRoutes, refuseDeclaredOversize, requireTlsForAuth } from './connection-adapters.js';
+import { keepSourceRoutes, refuseDeclaredOversize, requireTlsForAuth, type Connection } from './connection-adapters.js';
 import { enhanceStatusCodes } from './enhanced-status-codes.js';
 import { dataRejectionReason, type InboundMetrics, type RejectionReason } from './metrics.js';
 import { InboundMessageTransform, type ReceivedTrace } from './message-stream.js';
@@ -60,8 +60,6 @@ function headerFromAddresses(block: Buffer | undefined): string[] {
 }
 
 type Callback = (err?: Error | null) => void;
-type Connection = SMTPServer['connections'] extends Set<infer C> ? C : never;
-
 /** The MAIL FROM parameters of the extensions EHLO lists: SIZE, BODY (8BITMIME) and SMTPUTF8; smtp-server checks their values. */
 const MAIL_PARAMETERS = ['SIZE', 'BODY', 'SMTPUTF8'];
 

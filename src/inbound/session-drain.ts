@@ -8,8 +8,7 @@
  */
 import type { SMTPServer, SMTPServerDataStream, SMTPServerSession } from 'smtp-server';
 import { SmtpError } from '../smtp-error.js';
-
-type Connection = SMTPServer['connections'] extends Set<infer C> ? C : never;
+import type { Connection } from './connection-adapters.js';
 
 const SHUTTING_DOWN = new SmtpError(421, '4.3.2', 'Service shutting down').forSmtpServer();
 
